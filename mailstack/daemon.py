@@ -1,0 +1,142 @@
+"""Process skeleton shared by the daemons: logging, signals, clean shutdown.
+
+``mailstack serve`` is a small supervisor: it runs each enabled daemon
+(``mailstack imapd``, ``mailstack smtpd``) as its own child process, exactly
+as the systemd units do, forwards SIGHUP to them, stops them all on
+SIGINT/SIGTERM, and stops everything if one dies.  It also runs the periodic
+account maintenance (inactivity rule, purge of old failure counters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+
+log = logging.getLogger("mailstack.serve")
+
+MAINTENANCE_INTERVAL = 3600.0
+STOP_GRACE = 10.0
+
+
+def setup_logging(level: str = "info", name: str = "mailstack") -> None:
+    """One line per event on stderr; journald adds the timestamp under systemd."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s " + name + " %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Libraries are quiet unless something is wrong.
+    for noisy in ("sqlalchemy", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class DaemonSpec:
+    name: str  # the CLI command that runs it: "imapd", "smtpd"
+    enabled: bool
+
+
+def daemon_specs(cfg: Config) -> list[DaemonSpec]:
+    """The daemons ``serve`` starts.  A daemon is listed once its command exists."""
+    from .cli import DAEMON_COMMANDS
+
+    wanted = {"imapd": cfg.imap.enabled, "smtpd": cfg.smtp.enabled}
+    return [DaemonSpec(n, wanted.get(n, True)) for n in DAEMON_COMMANDS]
+
+
+def run_maintenance(cfg: Config) -> None:
+    """Blocking: the inactivity rule and the purge of stale failure counters."""
+    from .accounts.directory import Directory
+
+    directory = Directory(cfg)
+    try:
+        disabled = directory.disable_inactive()
+        for login in disabled:
+            log.info("account disabled login=%s reason=inactivity days=%d", login, cfg.auth.inactivity_days)
+        with directory.sessions() as s, s.begin():
+            purged = directory.throttle.purge(s)
+        log.debug("maintenance done disabled=%d purged=%d", len(disabled), purged)
+    finally:
+        directory.engine.dispose()
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, config_path: Path):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.children: dict[str, asyncio.subprocess.Process] = {}
+        self.stopping = asyncio.Event()
+        self.failed = False
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        specs = [s for s in daemon_specs(self.cfg) if s.enabled]
+        for spec in specs:
+            await self._start(spec.name)
+        watchers = [asyncio.create_task(self._watch(n, p)) for n, p in self.children.items()]
+        maintenance = asyncio.create_task(self._maintenance())
+        names = ", ".join(self.children) or "none yet"
+        log.info("ready daemons=%s config=%s", names, self.config_path)
+        await self.stopping.wait()
+        maintenance.cancel()
+        await self._terminate()
+        for w in watchers:
+            w.cancel()
+        log.info("stopped")
+        return 1 if self.failed else 0
+
+    async def _start(self, name: str) -> None:
+        cmd = [sys.executable, "-m", "mailstack", "-c", str(self.config_path), name]
+        self.children[name] = await asyncio.create_subprocess_exec(*cmd)
+        log.info("started daemon=%s pid=%d", name, self.children[name].pid)
+
+    async def _watch(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if not self.stopping.is_set():
+            log.error("daemon=%s exited with status %s; stopping everything", name, code)
+            self.failed = True
+            self.stopping.set()
+
+    def _stop(self, sig: signal.Signals) -> None:
+        log.info("received %s, shutting down", sig.name)
+        self.stopping.set()
+
+    def _forward(self, sig: signal.Signals) -> None:
+        for name, proc in self.children.items():
+            if proc.returncode is None:
+                log.info("forwarding %s to daemon=%s", sig.name, name)
+                proc.send_signal(sig)
+
+    async def _terminate(self) -> None:
+        live = [p for p in self.children.values() if p.returncode is None]
+        for p in live:
+            p.terminate()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in live)), STOP_GRACE)
+        except asyncio.TimeoutError:
+            for p in live:
+                if p.returncode is None:
+                    log.warning("pid=%d did not stop in %.0fs, killing it", p.pid, STOP_GRACE)
+                    p.kill()
+            await asyncio.gather(*(p.wait() for p in live))
+
+    async def _maintenance(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(run_maintenance, self.cfg)
+            except Exception as e:  # keep serving; the next round may succeed
+                log.error("maintenance failed: %s", e)
+            await asyncio.sleep(MAINTENANCE_INTERVAL)
+
+
+def serve(cfg: Config, config_path: Path) -> int:
+    return asyncio.run(Supervisor(cfg, config_path).run())
