@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from mailstack.accounts.directory import Directory
+from mailstack.cli import DAEMON_COMMANDS
 from mailstack.accounts.passwords import PolicyError, check_policy
 from mailstack.config import load
 from mailstack.home import init_home
@@ -49,6 +50,12 @@ def main(home: Path) -> None:
     for line in accounts_file.read_text().splitlines():
         login, address, pw = line.split(" ", 2)
         print(f"  {login:24} {address:40} {pw}")
+    missing = [d for d in ("imapd", "smtpd") if d not in DAEMON_COMMANDS]
+    status = (
+        f"Note: this version has no {' or '.join(missing)} yet (see README, Status): those ports stay closed.\n"
+        if missing
+        else ""
+    )
     print(
         f"""
 Mail client settings (self-signed certificate for 'localhost': accept it once):
@@ -56,7 +63,7 @@ Mail client settings (self-signed certificate for 'localhost': accept it once):
   SMTP  127.0.0.1 port {port.get('submissionstarttls')} STARTTLS    (or {port.get('submissionimplicit')} SSL/TLS)
   User name: the login above; password: the one above.
 
-Admin:  .venv/bin/mailstack -c {home / 'mailstack.toml'} user list
+{status}Admin:  .venv/bin/mailstack -c {home / 'mailstack.toml'} user list
 Stop with Ctrl-C.
 """
     )

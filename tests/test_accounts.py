@@ -312,3 +312,38 @@ def test_database_down_is_unavailable(tmp_path) -> None:
     auth = Authenticator(Directory(cfg))
     assert auth.authenticate("anne.martin", PW).outcome is Outcome.UNAVAILABLE
 
+
+
+def test_async_authentication_keeps_the_event_loop_free(directory_factory) -> None:
+    """authenticate_async hashes in a thread and waits the failure delay on the loop."""
+    import asyncio
+
+    from mailstack.config import Argon2Params
+
+    d = directory_factory(argon2=Argon2Params(), cache_ttl=0, throttle=dict(free_failures=0, delay_base=0.2))
+    d.add_user("Anne", "Martin", password=PW)
+    auth = Authenticator(d)
+
+    async def scenario() -> tuple[list, int]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        t = asyncio.create_task(ticker())
+        results = await asyncio.gather(
+            auth.authenticate_async("anne.martin", PW, "192.0.2.1", "test"),
+            auth.authenticate_async("anne.martin", "wrong", "192.0.2.2", "test"),
+        )
+        done.set()
+        await t
+        return results, ticks
+
+    results, ticks = asyncio.run(scenario())
+    assert [r.outcome for r in results] == [Outcome.OK, Outcome.BAD_CREDENTIALS]
+    assert results[1].delay == 0.2
+    assert ticks > 20  # the loop kept running during hashing and the delay
