@@ -1,0 +1,640 @@
+"""One Maildir folder: sync with the files, delivery, flags, copy, move, expunge.
+
+Every change follows one rule: the Maildir files and dovecot-uidlist change
+first and durably (fsync), the index second.  A crash between the two
+leaves an index that the next sync repairs from the files.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable
+
+from . import keywords as kw
+from . import uidlist
+from .index import Index, IndexCorrupt, Row, clock_modseq
+from .maildir import (
+    FLAG_LETTERS,
+    FORWARDED_KEYWORD,
+    LETTER_FLAGS,
+    FileName,
+    fsync_dir,
+    letters_sorted,
+    new_base,
+    set_internal_date,
+    write_crlf,
+)
+
+STABLE_AFTER = 1.0  # seconds a directory must be unchanged before a sync may be skipped
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class MessageGone(StoreError):
+    """The message was expunged (by another session or program)."""
+
+
+class OverQuota(StoreError):
+    """Delivery or append would exceed the account's quota."""
+
+
+class KeywordLimit(StoreError):
+    """The folder has no room left for another keyword."""
+
+
+@dataclass(frozen=True)
+class Message:
+    uid: int
+    flags: frozenset[str]
+    size: int
+    modseq: int
+
+
+@dataclass(frozen=True)
+class Status:
+    messages: int
+    unseen: int
+    uidnext: int
+    uidvalidity: int
+    highestmodseq: int
+    size: int
+    deleted: int
+
+
+QuotaHook = Callable[[int, int], None]  # (bytes, messages): check if positive, record
+
+
+class Folder:
+    def __init__(self, path: Path, name: str, quota_check: QuotaHook | None = None, quota_record: QuotaHook | None = None):
+        self.path = path
+        self.name = name
+        self._quota_check = quota_check
+        self._quota_record = quota_record
+        self._uidlist: uidlist.UidList | None = None
+        self._keywords: list[str | None] = []
+        self._keywords_loaded = False
+        self.index = self._open_index()
+
+    # -- index life cycle ----------------------------------------------------------
+
+    def _open_index(self) -> Index:
+        try:
+            return Index(self.path)
+        except IndexCorrupt:
+            Index.remove(self.path)
+            return Index(self.path)
+
+    def _rebuild_index(self) -> None:
+        try:
+            self.index.close()
+        finally:
+            Index.remove(self.path)
+            self.index = Index(self.path)
+        self._full_sync()
+
+    def close(self) -> None:
+        self.index.close()
+
+    # -- sync ----------------------------------------------------------------------------
+
+    def _stats(self) -> tuple[str, float]:
+        parts, newest = [], 0.0
+        for p in (self.path / uidlist.UIDLIST, self.path / "cur", self.path / "new"):
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:
+                parts.append("-")
+                continue
+            parts.append(f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}")
+            newest = max(newest, st.st_mtime_ns / 1e9)
+        return "|".join(parts), newest
+
+    def sync(self) -> None:
+        """Bring the index in line with the files (cheap when nothing changed)."""
+        try:
+            stats, newest = self._stats()
+            if (
+                self.index.get("stats") == stats
+                and float(self.index.get("synced_at") or 0) - newest > STABLE_AFTER
+                and self.index.get("uidvalidity")
+            ):
+                if not self._keywords_loaded:
+                    self._keywords = kw.read(self.path)
+                    self._keywords_loaded = True
+                return
+            self._full_sync()
+        except IndexCorrupt:
+            self._rebuild_index()
+        except Exception as e:
+            if _is_sqlite_corruption(e):
+                self._rebuild_index()
+            else:
+                raise
+
+    def _scan(self) -> dict[str, tuple[str, str, str]]:
+        """base -> (subdir, file name, letters), from new/ then cur/ (cur wins)."""
+        files: dict[str, tuple[str, str, str]] = {}
+        for sub in ("new", "cur"):
+            try:
+                with os.scandir(self.path / sub) as it:
+                    for e in it:
+                        if e.name.startswith("."):
+                            continue
+                        fn = FileName.parse(e.name)
+                        files[fn.base] = (sub, e.name, fn.letters)
+            except FileNotFoundError:
+                (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        return files
+
+    def _full_sync(self) -> None:
+        started = time.time()
+        stats, _ = self._stats()
+        files = self._scan()
+        ul = self._read_uidlist()
+        modified = False
+        unknown = [b for b in files if ul is None or b not in ul.uids]
+        in_new = [b for b, (sub, _, _) in files.items() if sub == "new"]
+        if ul is None or unknown or in_new:
+            with uidlist.FolderLock(self.path) as lock:
+                ul = self._read_uidlist_locked(lock)
+                # Oldest first, so UIDs follow arrival order.
+                fresh = sorted((b for b in files if b not in ul.uids), key=_arrival)
+                entries = [(ul.add(b), b) for b in fresh]
+                for b in in_new:  # seen now: move to cur/ as Dovecot does
+                    sub, name, letters = files[b]
+                    target = f"{b}:2,{letters}"
+                    try:
+                        os.rename(self.path / "new" / name, self.path / "cur" / target)
+                        files[b] = ("cur", target, letters)
+                    except FileNotFoundError:
+                        files.pop(b, None)
+                if entries:
+                    lock.append(ul, entries)
+                modified = True
+        self._uidlist = ul
+        self._keywords = kw.read(self.path)
+        self._keywords_loaded = True
+        assert ul is not None
+        with self.index.write():
+            idx = self.index
+            rows = {r.uid: r for r in idx.rows()}
+            present = {ul.uids[b]: b for b in files if b in ul.uids}
+            modseq: list[int] = []
+
+            def ms() -> int:
+                if not modseq:
+                    modseq.append(idx.next_modseq())
+                return modseq[0]
+
+            gone = [uid for uid, r in rows.items() if present.get(uid) != r.base]
+            if gone:
+                idx.delete(gone, ms())
+            for uid, base in present.items():
+                sub, name, letters = files[base]
+                r = rows.get(uid)
+                if r is None or r.base != base:
+                    size = FileName(base, letters).size
+                    if size is None:
+                        size = _file_size(self.path / sub / name)
+                    idx.insert(uid, base, sub, letters, size, ms())
+                elif r.letters != letters:
+                    idx.update_file(uid, sub, letters, ms())
+                elif r.subdir != sub:
+                    idx.update_file(uid, sub, letters, None)
+            idx.set("uidvalidity", ul.uidvalidity)
+            idx.set("uidnext", max(ul.next_uid, int(idx.get("uidnext") or 1)))
+            # After our own moves and appends the stats are ours, not a stable
+            # picture: leave them unrecorded so the next sync looks again.
+            idx.set("stats", "-" if modified else stats)
+            idx.set("synced_at", started)
+
+    def _read_uidlist(self) -> uidlist.UidList | None:
+        try:
+            return uidlist.read(self.path, self._uidlist)
+        except uidlist.UidListError:
+            return None
+
+    def _read_uidlist_locked(self, lock: uidlist.FolderLock) -> uidlist.UidList:
+        """The list, created or repaired under the lock; never reuses a UID the index knows."""
+        try:
+            ul = uidlist.read(self.path, self._uidlist)
+        except uidlist.UidListError:
+            ul = None
+        idx = self.index
+        known_next = max(int(idx.get("uidnext") or 1), _max_uid(idx) + 1)
+        if ul is None:
+            validity = idx.get("uidvalidity")
+            rows = idx.rows()
+            if validity and rows:
+                # The list is lost but the index remembers it: same UIDs, same UIDVALIDITY.
+                ul = uidlist.UidList.new(int(validity))
+                for r in rows:
+                    ul.uids[r.base] = r.uid
+            else:
+                ul = uidlist.UidList.new(_new_uidvalidity(validity))
+                if rows or validity:
+                    with idx.write():
+                        idx.delete([r.uid for r in rows], idx.next_modseq())
+                        idx.set("highestmodseq", max(idx.highest_modseq(), clock_modseq()))
+            ul.next_uid = max(ul.next_uid, known_next)
+            lock.replace_list(ul)
+        ul.next_uid = max(ul.next_uid, known_next)
+        return ul
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def uidvalidity(self) -> int:
+        value = self.index.get("uidvalidity")
+        if value is None:
+            self.sync()
+            value = self.index.get("uidvalidity")
+        return int(value or 0)
+
+    @property
+    def uidnext(self) -> int:
+        known = int(self.index.get("uidnext") or 1)
+        return max(known, self._uidlist.next_uid) if self._uidlist is not None else known
+
+    @property
+    def highest_modseq(self) -> int:
+        return self.index.highest_modseq()
+
+    def flags_of(self, letters: str) -> frozenset[str]:
+        flags = set()
+        for c in letters:
+            if c in LETTER_FLAGS:
+                flags.add(LETTER_FLAGS[c])
+            elif c == "P":
+                flags.add(FORWARDED_KEYWORD)
+            elif "a" <= c <= "z":
+                i = kw.index_of(c)
+                if i < len(self._keywords) and self._keywords[i]:
+                    flags.add(self._keywords[i])  # type: ignore[arg-type]
+        return frozenset(flags)
+
+    def _message(self, r: Row) -> Message:
+        return Message(r.uid, self.flags_of(r.letters), r.size, r.modseq)
+
+    def messages(self) -> list[Message]:
+        """Every message, by ascending UID (from the index)."""
+        return [self._message(r) for r in self.index.rows()]
+
+    def message(self, uid: int) -> Message:
+        r = self.index.row(uid)
+        if r is None:
+            raise MessageGone(f"UID {uid} is not in {self.name}")
+        return self._message(r)
+
+    def changed_since(self, modseq: int) -> list[Message]:
+        rows = self.index.db.execute(
+            "SELECT uid, base, subdir, letters, size, modseq FROM messages WHERE modseq > ? ORDER BY uid", (modseq,)
+        )
+        return [self._message(Row(*r)) for r in rows]
+
+    def expunged_since(self, modseq: int) -> tuple[list[int], bool]:
+        """UIDs expunged after ``modseq``, and whether that record is complete."""
+        return self.index.expunged_since(modseq), modseq >= self.index.expunge_floor()
+
+    def status(self) -> Status:
+        rows = self.index.rows()
+        unseen = sum(1 for r in rows if "S" not in r.letters)
+        deleted = sum(1 for r in rows if "T" in r.letters)
+        return Status(
+            messages=len(rows),
+            unseen=unseen,
+            uidnext=self.uidnext,
+            uidvalidity=self.uidvalidity,
+            highestmodseq=self.highest_modseq,
+            size=sum(r.size for r in rows),
+            deleted=deleted,
+        )
+
+    def path_of(self, uid: int) -> Path:
+        r = self.index.row(uid)
+        if r is None:
+            raise MessageGone(f"UID {uid} is not in {self.name}")
+        return self.path / r.subdir / r.filename
+
+    def open(self, uid: int) -> BinaryIO:
+        """The message's bytes (CRLF).  Survives a concurrent flag rename."""
+        for _ in range(3):
+            try:
+                return open(self.path_of(uid), "rb")
+            except FileNotFoundError:
+                self._full_sync()
+        raise MessageGone(f"UID {uid} vanished from {self.name}")
+
+    def internal_date(self, uid: int) -> float:
+        row = self.index.db.execute("SELECT internal_date FROM messages WHERE uid = ?", (uid,)).fetchone()
+        if row is None:
+            raise MessageGone(f"UID {uid} is not in {self.name}")
+        if row[0] is not None:
+            return float(row[0])
+        with self.open(uid) as f:
+            mtime = os.fstat(f.fileno()).st_mtime
+        self.index.db.execute("UPDATE messages SET internal_date = ? WHERE uid = ?", (mtime, uid))
+        return mtime
+
+    # -- letters ------------------------------------------------------------------------------
+
+    def letters_for(self, flags: Iterable[str]) -> str:
+        """File name letters for IMAP flags and keywords (adds keywords to the folder)."""
+        letters, names = [], []
+        for f in flags:
+            if f in FLAG_LETTERS:
+                letters.append(FLAG_LETTERS[f])
+            elif f == FORWARDED_KEYWORD:
+                letters.append("P")
+            elif f.startswith("\\"):
+                continue  # \Recent and unknown system flags are not stored
+            else:
+                if not kw.valid_keyword(f):
+                    raise KeywordLimit(f"invalid keyword {f!r}")
+                names.append(f)
+        if names:
+            table = self._keywords if all(n in self._keywords for n in names) else None
+            if table is None:
+                try:
+                    table = kw.ensure(self.path, names)
+                except kw.KeywordError as e:
+                    raise KeywordLimit(str(e)) from None
+                self._keywords = table
+            letters += [kw.letter(table.index(n)) for n in names]
+        return letters_sorted(letters)
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    def deliver(
+        self,
+        stream: BinaryIO | Iterable[bytes],
+        flags: Iterable[str] = (),
+        internal_date: datetime | float | None = None,
+        limit: int | None = None,
+        expected_size: int | None = None,
+    ) -> int:
+        """Store a message durably and return its UID.
+
+        The bytes go to tmp/ (CRLF line ends, never all in memory), are
+        fsynced, renamed into new/ (or cur/ with flags), the directory is
+        fsynced and the UID appended to dovecot-uidlist and fsynced: only
+        then does this return.
+        """
+        if expected_size is not None and self._quota_check:
+            self._quota_check(expected_size, 1)
+        letters = self.letters_for(flags)
+        stem = new_base(0, 0).split(",S=")[0]
+        tmp = self.path / "tmp" / stem
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                size = write_crlf(stream, fd, limit)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if self._quota_check:
+                self._quota_check(size, 1)
+            set_internal_date(tmp, internal_date)
+            base = f"{stem},S={size},W={size}"
+            sub = "cur" if letters else "new"
+            name = f"{base}:2,{letters}" if letters else base
+            with uidlist.FolderLock(self.path) as lock:
+                ul = self._read_uidlist_locked(lock)
+                uid = ul.add(base)
+                os.rename(tmp, self.path / sub / name)
+                fsync_dir(self.path / sub)
+                lock.append(ul, [(uid, base)])
+            self._uidlist = ul
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        when = internal_date.timestamp() if isinstance(internal_date, datetime) else internal_date
+        self._index_insert([(uid, base, sub, letters, size, when or time.time())])
+        if self._quota_record:
+            self._quota_record(size, 1)
+        return uid
+
+    def _index_insert(self, entries: list[tuple[int, str, str, str, int, float | None]]) -> None:
+        try:
+            with self.index.write():
+                m = self.index.next_modseq()
+                for uid, base, sub, letters, size, when in entries:
+                    self.index.insert(uid, base, sub, letters, size, m, when)
+                top = max(e[0] for e in entries) + 1
+                self.index.set("uidnext", max(top, int(self.index.get("uidnext") or 1)))
+        except Exception as e:  # the files are safe; the next sync repairs the index
+            if not _is_sqlite_corruption(e):
+                raise
+            self._rebuild_index()
+
+    # -- flags ------------------------------------------------------------------------------------
+
+    def store(
+        self,
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: str = "add",
+        unchanged_since: int | None = None,
+    ) -> tuple[list[Message], list[int]]:
+        """Change flags: mode is "add", "remove" or "replace".
+
+        Returns the messages changed (with their new MODSEQ) and the UIDs
+        refused by UNCHANGEDSINCE.  Durable: the renames are fsynced.
+        """
+        if mode not in ("add", "remove", "replace"):
+            raise ValueError(mode)
+        flags = list(flags)
+        wanted = set(self.letters_for(flags))
+        changed: list[Message] = []
+        refused: list[int] = []
+        with self.index.write():
+            modseq = None
+            for uid in sorted(set(uids)):
+                r = self.index.row(uid)
+                if r is None:
+                    continue
+                if unchanged_since is not None and r.modseq > unchanged_since:
+                    refused.append(uid)
+                    continue
+                have = set(r.letters)
+                new = have | wanted if mode == "add" else have - wanted if mode == "remove" else wanted
+                letters = letters_sorted(new)
+                if letters == r.letters and r.subdir == "cur":
+                    continue
+                if not self._rename_flags(r, letters):
+                    continue
+                if letters == r.letters:
+                    self.index.update_file(uid, "cur", letters, None)
+                    continue
+                if modseq is None:
+                    modseq = self.index.next_modseq()
+                self.index.update_file(uid, "cur", letters, modseq)
+                changed.append(Message(uid, self.flags_of(letters), r.size, modseq))
+            if changed:
+                fsync_dir(self.path / "cur")
+        return changed, refused
+
+    def _rename_flags(self, r: Row, letters: str) -> bool:
+        target = self.path / "cur" / f"{r.base}:2,{letters}"
+        try:
+            os.rename(self.path / r.subdir / r.filename, target)
+            return True
+        except FileNotFoundError:
+            pass
+        found = self._find_file(r.base)  # renamed by another program meanwhile
+        if found is None:
+            return False
+        try:
+            os.rename(found, target)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _find_file(self, base: str) -> Path | None:
+        for sub in ("cur", "new"):
+            with os.scandir(self.path / sub) as it:
+                for e in it:
+                    if e.name == base or e.name.startswith(base + ":"):
+                        return Path(e.path)
+        return None
+
+    # -- expunge, copy, move -----------------------------------------------------------------------
+
+    def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
+        """Remove messages flagged \\Deleted (only among ``uids`` if given)."""
+        wanted = None if uids is None else set(uids)
+        removed: list[int] = []
+        freed = 0
+        with self.index.write():
+            for r in self.index.rows():
+                if "T" not in r.letters or (wanted is not None and r.uid not in wanted):
+                    continue
+                path = self.path / r.subdir / r.filename
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    other = self._find_file(r.base)
+                    if other is not None:
+                        os.unlink(other)
+                removed.append(r.uid)
+                freed += r.size
+            if removed:
+                fsync_dir(self.path / "cur")
+                self.index.delete(removed, self.index.next_modseq())
+        if removed and self._quota_record:
+            self._quota_record(-freed, -len(removed))
+        return removed
+
+    def copy(self, uids: Iterable[int], dest: Folder) -> list[tuple[int, int]]:
+        """Copy messages (hard links where possible); returns (source UID, new UID) pairs."""
+        return self._transfer(uids, dest, move=False)
+
+    def move(self, uids: Iterable[int], dest: Folder) -> list[tuple[int, int]]:
+        """Move messages atomically per message (rename); returns (source UID, new UID)."""
+        return self._transfer(uids, dest, move=True)
+
+    def _transfer(self, uids: Iterable[int], dest: Folder, move: bool) -> list[tuple[int, int]]:
+        rows = [r for r in (self.index.row(u) for u in sorted(set(uids))) if r is not None]
+        if not rows:
+            return []
+        if not move and dest._quota_check:
+            dest._quota_check(sum(r.size for r in rows), len(rows))
+        if dest.path == self.path:
+            dest = self  # COPY into the same folder
+        staged: list[tuple[Row, Path | None, str, str]] = []  # row, source or tmp, new base, letters
+        try:
+            for r in rows:
+                letters = dest.letters_for(self.flags_of(r.letters)) if dest is not self else r.letters
+                base = new_base(r.size, r.size)
+                if move:
+                    staged.append((r, None, base, letters))
+                    continue
+                tmp = dest.path / "tmp" / base
+                src = self._locate(r)
+                if src is None:
+                    continue
+                try:
+                    os.link(src, tmp)
+                except OSError as e:
+                    if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                        raise
+                    shutil.copy2(src, tmp)
+                    with open(tmp, "rb") as f:
+                        os.fsync(f.fileno())
+                staged.append((r, tmp, base, letters))
+            pairs: list[tuple[int, int]] = []
+            entries: list[tuple[int, str, str, str, int, float | None]] = []
+            with uidlist.FolderLock(dest.path) as lock:
+                ul = dest._read_uidlist_locked(lock)
+                new_lines = []
+                for r, tmp, base, letters in staged:
+                    source = tmp if tmp is not None else self._locate(r)
+                    if source is None:
+                        continue
+                    try:
+                        os.rename(source, dest.path / "cur" / f"{base}:2,{letters}")
+                    except FileNotFoundError:
+                        continue
+                    uid = ul.add(base)
+                    new_lines.append((uid, base))
+                    pairs.append((r.uid, uid))
+                    entries.append((uid, base, "cur", letters, r.size, None))
+                if new_lines:
+                    fsync_dir(dest.path / "cur")
+                    if move and dest is not self:
+                        fsync_dir(self.path / "cur")
+                    lock.append(ul, new_lines)
+            dest._uidlist = ul
+        finally:
+            for _, tmp, _, _ in staged:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
+        if entries:
+            dest._index_insert(entries)
+            if not move and dest._quota_record:
+                dest._quota_record(sum(e[4] for e in entries), len(entries))
+        if move and pairs:
+            moved = [p[0] for p in pairs]
+            with self.index.write():
+                self.index.delete(moved, self.index.next_modseq())
+        return pairs
+
+    def _locate(self, r: Row) -> Path | None:
+        path = self.path / r.subdir / r.filename
+        return path if path.exists() else self._find_file(r.base)
+
+
+def _arrival(base: str) -> tuple[int, str]:
+    head = base.split(".", 1)[0]
+    return (int(head) if head.isdigit() else 0, base)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _max_uid(idx: Index) -> int:
+    row = idx.db.execute("SELECT max(uid) FROM (SELECT uid FROM messages UNION ALL SELECT uid FROM expunged)").fetchone()
+    return int(row[0] or 0)
+
+
+def _new_uidvalidity(previous: str | None) -> int:
+    v = int(time.time())
+    return v + 1 if previous and int(previous) >= v else v
+
+
+def _is_sqlite_corruption(e: BaseException) -> bool:
+    import sqlite3
+
+    return isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.OperationalError)
