@@ -10,11 +10,13 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, NamedTuple
 
 from . import keywords as kw
 from . import uidlist
@@ -50,8 +52,9 @@ class KeywordLimit(StoreError):
     """The folder has no room left for another keyword."""
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
+    """A tuple: clients list 100,000 of these at a time."""
+
     uid: int
     flags: frozenset[str]
     size: int
@@ -79,9 +82,20 @@ class Folder:
         self._quota_check = quota_check
         self._quota_record = quota_record
         self._uidlist: uidlist.UidList | None = None
-        self._keywords: list[str | None] = []
+        self._keywords_table: list[str | None] = []
+        self._flag_cache: dict[str, frozenset[str]] = {}
         self._keywords_loaded = False
         self.index = self._open_index()
+
+    @property
+    def _keywords(self) -> list[str | None]:
+        return self._keywords_table
+
+    @_keywords.setter
+    def _keywords(self, table: list[str | None]) -> None:
+        if table != self._keywords_table:
+            self._flag_cache = {}
+        self._keywords_table = table
 
     # -- index life cycle ----------------------------------------------------------
 
@@ -197,6 +211,7 @@ class Folder:
             gone = [uid for uid, r in rows.items() if present.get(uid) != r.base]
             if gone:
                 idx.delete(gone, ms())
+            inserts = []
             for uid, base in present.items():
                 sub, name, letters = files[base]
                 r = rows.get(uid)
@@ -204,11 +219,12 @@ class Folder:
                     size = FileName(base, letters).size
                     if size is None:
                         size = _file_size(self.path / sub / name)
-                    idx.insert(uid, base, sub, letters, size, ms())
+                    inserts.append((uid, base, sub, letters, size, ms(), None))
                 elif r.letters != letters:
                     idx.update_file(uid, sub, letters, ms())
                 elif r.subdir != sub:
                     idx.update_file(uid, sub, letters, None)
+            idx.insert_many(inserts)
             idx.set("uidvalidity", ul.uidvalidity)
             idx.set("uidnext", max(ul.next_uid, int(idx.get("uidnext") or 1)))
             # After our own moves and appends the stats are ours, not a stable
@@ -269,6 +285,9 @@ class Folder:
         return self.index.highest_modseq()
 
     def flags_of(self, letters: str) -> frozenset[str]:
+        cached = self._flag_cache.get(letters)
+        if cached is not None:
+            return cached
         flags = set()
         for c in letters:
             if c in LETTER_FLAGS:
@@ -279,14 +298,17 @@ class Folder:
                 i = kw.index_of(c)
                 if i < len(self._keywords) and self._keywords[i]:
                     flags.add(self._keywords[i])  # type: ignore[arg-type]
-        return frozenset(flags)
+        result = self._flag_cache[letters] = frozenset(flags)
+        return result
 
     def _message(self, r: Row) -> Message:
         return Message(r.uid, self.flags_of(r.letters), r.size, r.modseq)
 
     def messages(self) -> list[Message]:
         """Every message, by ascending UID (from the index)."""
-        return [self._message(r) for r in self.index.rows()]
+        flags_of = self.flags_of
+        rows = self.index.db.execute("SELECT uid, letters, size, modseq FROM messages ORDER BY uid")
+        return [Message(uid, flags_of(letters), size, modseq) for uid, letters, size, modseq in rows]
 
     def message(self, uid: int) -> Message:
         r = self.index.row(uid)
@@ -397,22 +419,17 @@ class Folder:
         try:
             try:
                 size = write_crlf(stream, fd, limit)
+                if internal_date is not None:
+                    set_internal_date(tmp, internal_date)  # before the fsync, so it is durable too
                 os.fsync(fd)
             finally:
                 os.close(fd)
             if self._quota_check:
                 self._quota_check(size, 1)
-            set_internal_date(tmp, internal_date)
             base = f"{stem},S={size},W={size}"
             sub = "cur" if letters else "new"
-            name = f"{base}:2,{letters}" if letters else base
-            with uidlist.FolderLock(self.path) as lock:
-                ul = self._read_uidlist_locked(lock)
-                uid = ul.add(base)
-                os.rename(tmp, self.path / sub / name)
-                fsync_dir(self.path / sub)
-                lock.append(ul, [(uid, base)])
-            self._uidlist = ul
+            item = _Pending(tmp, base, sub, f"{base}:2,{letters}" if letters else base)
+            uid = _group_commit(self.path).commit(self, item)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -422,12 +439,42 @@ class Folder:
             self._quota_record(size, 1)
         return uid
 
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        """Rename a batch of fsynced tmp files into place and give them UIDs:
+        one directory fsync and one uidlist append for the whole batch."""
+        try:
+            with uidlist.FolderLock(self.path) as lock:
+                ul = self._read_uidlist_locked(lock)
+                entries, subs = [], set()
+                for item in batch:
+                    try:
+                        os.rename(item.tmp, self.path / item.sub / item.name)
+                    except OSError as e:
+                        item.error = StoreError(f"cannot store into {self.name}: {e.strerror}")
+                        continue
+                    item.uid = ul.add(item.base)
+                    entries.append((item.uid, item.base))
+                    subs.add(item.sub)
+                for sub in subs:
+                    fsync_dir(self.path / sub)
+                if entries:
+                    lock.append(ul, entries)
+            self._uidlist = ul
+        except BaseException as e:
+            for item in batch:
+                if item.error is None:
+                    item.uid, item.error = None, e
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            for item in batch:
+                item.done = True
+
     def _index_insert(self, entries: list[tuple[int, str, str, str, int, float | None]]) -> None:
         try:
             with self.index.write():
                 m = self.index.next_modseq()
-                for uid, base, sub, letters, size, when in entries:
-                    self.index.insert(uid, base, sub, letters, size, m, when)
+                self.index.insert_many([(uid, base, sub, letters, size, m, when) for uid, base, sub, letters, size, when in entries])
                 top = max(e[0] for e in entries) + 1
                 self.index.set("uidnext", max(top, int(self.index.get("uidnext") or 1)))
         except Exception as e:  # the files are safe; the next sync repairs the index
@@ -610,6 +657,62 @@ class Folder:
     def _locate(self, r: Row) -> Path | None:
         path = self.path / r.subdir / r.filename
         return path if path.exists() else self._find_file(r.base)
+
+
+class _Pending:
+    __slots__ = ("tmp", "base", "sub", "name", "uid", "error", "done")
+
+    def __init__(self, tmp: Path, base: str, sub: str, name: str):
+        self.tmp, self.base, self.sub, self.name = tmp, base, sub, name
+        self.uid: int | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class _GroupCommit:
+    """Deliveries to one folder from several threads share the lock, the
+    directory fsync and the uidlist fsync: the first thread in line commits
+    everything queued meanwhile (group commit)."""
+
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+        self.queue: list[_Pending] = []
+        self.leader = threading.Lock()
+
+    def commit(self, folder: Folder, item: _Pending) -> int:
+        with self.cv:
+            self.queue.append(item)
+        while not item.done:
+            if self.leader.acquire(blocking=False):
+                try:
+                    with self.cv:
+                        batch, self.queue = self.queue, []
+                    if batch:
+                        folder._commit_batch(batch)
+                finally:
+                    self.leader.release()
+                    with self.cv:
+                        self.cv.notify_all()
+            else:
+                with self.cv:
+                    if not item.done:
+                        self.cv.wait(0.01)
+        if item.error is not None:
+            raise item.error
+        assert item.uid is not None
+        return item.uid
+
+
+_COMMITTERS: weakref.WeakValueDictionary[Path, _GroupCommit] = weakref.WeakValueDictionary()
+_COMMITTERS_LOCK = threading.Lock()
+
+
+def _group_commit(path: Path) -> _GroupCommit:
+    with _COMMITTERS_LOCK:
+        gc = _COMMITTERS.get(path)
+        if gc is None:
+            gc = _COMMITTERS[path] = _GroupCommit()
+        return gc
 
 
 def _arrival(base: str) -> tuple[int, str]:

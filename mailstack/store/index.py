@@ -142,10 +142,11 @@ class Index:
         r = self.db.execute("SELECT uid, base, subdir, letters, size, modseq FROM messages WHERE uid = ?", (uid,)).fetchone()
         return Row(*r) if r else None
 
-    def insert(self, uid: int, base: str, subdir: str, letters: str, size: int, modseq: int, internal_date: float | None = None) -> None:
-        self.db.execute(
+    def insert_many(self, rows: list[tuple[int, str, str, str, int, int, float | None]]) -> None:
+        """(uid, base, subdir, letters, size, modseq, internal date) rows."""
+        self.db.executemany(
             "INSERT OR REPLACE INTO messages (uid, base, subdir, letters, size, modseq, internal_date) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (uid, base, subdir, letters, size, modseq, internal_date),
+            rows,
         )
 
     def update_file(self, uid: int, subdir: str, letters: str, modseq: int | None) -> None:
