@@ -204,3 +204,18 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+# --- Dovecot: a real, private instance per test (tests/dovecot.py) -----------------------
+
+
+@pytest.fixture
+def dovecot(tmp_path: Path):
+    """A private Dovecot over ``tmp_path / "mail"``, configured in ``tmp_path / "dovecot"``."""
+    from tests.dovecot import Dovecot, missing_binaries
+
+    absent = missing_binaries()
+    need(not absent, f"Dovecot ({', '.join(absent)}; Debian packages dovecot-core dovecot-imapd)")
+    need(os.geteuid() == 0, "root, to run Dovecot's mail processes as the mailstack-test user")
+    with Dovecot(tmp_path / "mail", tmp_path / "dovecot") as server:
+        yield server
