@@ -265,9 +265,8 @@ def test_uidlist_lost_is_rebuilt_from_index(mailbox) -> None:
     inbox.deliver(io.BytesIO(MSG))
     f = mailbox.folder("INBOX")
     assert [m.uid for m in f.messages()] == [1, 2, 3, 4] and f.uidvalidity == validity
-    # both lost: a new UIDVALIDITY (time-based, as Dovecot's), and UIDs start again
+    # both lost: a new UIDVALIDITY (never one used before), and UIDs start again
     f.close()
-    time.sleep(1.05)
     (inbox.path / "dovecot-uidlist").unlink()
     for p in inbox.path.glob(INDEX + "*"):
         p.unlink()
@@ -419,3 +418,22 @@ def test_sqlite_corruption_detected() -> None:
 
     assert _is_sqlite_corruption(sqlite3.DatabaseError("file is not a database"))
     assert not _is_sqlite_corruption(sqlite3.OperationalError("database is locked"))
+
+
+def test_dotlock_left_between_create_and_record(mailbox) -> None:
+    """Killed in the µs between creating the dotlock and recording its inode."""
+    from mailstack.store.uidlist import FolderLock, LockTimeout
+
+    inbox = mailbox.folder("INBOX")
+    (inbox.path / "mailstack.lock").write_bytes(b"pending".ljust(24))
+    lock = inbox.path / "dovecot-uidlist.lock"
+    lock.write_bytes(b"")
+    old = time.time() - 10
+    os.utime(lock, (old, old))
+    assert inbox.deliver(io.BytesIO(MSG)) == 1
+    # A fresh dotlock of another program (Dovecot at work) is waited for, never stolen.
+    lock.write_bytes(b"")
+    with pytest.raises(LockTimeout):
+        with FolderLock(inbox.path, timeout=0.5):
+            pass
+    assert lock.exists()

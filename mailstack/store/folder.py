@@ -8,6 +8,7 @@ leaves an index that the next sync repairs from the files.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import threading
@@ -23,7 +24,7 @@ from . import uidlist
 from .index import Index, IndexCorrupt, Row, clock_modseq
 from .maildir import (
     FLAG_LETTERS,
-    FORWARDED_KEYWORD,
+    CrlfReader,
     LETTER_FLAGS,
     FileName,
     fsync_dir,
@@ -216,10 +217,8 @@ class Folder:
                 sub, name, letters = files[base]
                 r = rows.get(uid)
                 if r is None or r.base != base:
-                    size = FileName(base, letters).size
-                    if size is None:
-                        size = _file_size(self.path / sub / name)
-                    inserts.append((uid, base, sub, letters, size, ms(), None))
+                    size, psize = _sizes(self.path / sub / name, FileName(base, letters))
+                    inserts.append((uid, base, sub, letters, size, psize, ms(), None))
                 elif r.letters != letters:
                     idx.update_file(uid, sub, letters, ms())
                 elif r.subdir != sub:
@@ -255,7 +254,8 @@ class Folder:
                 for r in rows:
                     ul.uids[r.base] = r.uid
             else:
-                ul = uidlist.UidList.new(_new_uidvalidity(validity))
+                maildir = self.path if self.name == "INBOX" else self.path.parent
+                ul = uidlist.UidList.new(_new_uidvalidity(maildir, validity))
                 if rows or validity:
                     with idx.write():
                         idx.delete([r.uid for r in rows], idx.next_modseq())
@@ -292,8 +292,6 @@ class Folder:
         for c in letters:
             if c in LETTER_FLAGS:
                 flags.add(LETTER_FLAGS[c])
-            elif c == "P":
-                flags.add(FORWARDED_KEYWORD)
             elif "a" <= c <= "z":
                 i = kw.index_of(c)
                 if i < len(self._keywords) and self._keywords[i]:
@@ -318,7 +316,7 @@ class Folder:
 
     def changed_since(self, modseq: int) -> list[Message]:
         rows = self.index.db.execute(
-            "SELECT uid, base, subdir, letters, size, modseq FROM messages WHERE modseq > ? ORDER BY uid", (modseq,)
+            "SELECT uid, base, subdir, letters, size, psize, modseq FROM messages WHERE modseq > ? ORDER BY uid", (modseq,)
         )
         return [self._message(Row(*r)) for r in rows]
 
@@ -347,13 +345,19 @@ class Folder:
         return self.path / r.subdir / r.filename
 
     def open(self, uid: int) -> BinaryIO:
-        """The message's bytes (CRLF).  Survives a concurrent flag rename."""
+        """The message's bytes with CRLF line ends, whatever the file holds.
+        Survives a concurrent flag rename."""
         for _ in range(3):
+            r = self.index.row(uid)
+            if r is None:
+                break
             try:
-                return open(self.path_of(uid), "rb")
+                f = open(self.path / r.subdir / r.filename, "rb")
             except FileNotFoundError:
                 self._full_sync()
-        raise MessageGone(f"UID {uid} vanished from {self.name}")
+                continue
+            return f if r.size == r.psize else io.BufferedReader(CrlfReader(f))  # type: ignore[return-value]
+        raise MessageGone(f"UID {uid} is not in {self.name}")
 
     def internal_date(self, uid: int) -> float:
         row = self.index.db.execute("SELECT internal_date FROM messages WHERE uid = ?", (uid,)).fetchone()
@@ -374,8 +378,6 @@ class Folder:
         for f in flags:
             if f in FLAG_LETTERS:
                 letters.append(FLAG_LETTERS[f])
-            elif f == FORWARDED_KEYWORD:
-                letters.append("P")
             elif f.startswith("\\"):
                 continue  # \Recent and unknown system flags are not stored
             else:
@@ -434,7 +436,7 @@ class Folder:
             tmp.unlink(missing_ok=True)
             raise
         when = internal_date.timestamp() if isinstance(internal_date, datetime) else internal_date
-        self._index_insert([(uid, base, sub, letters, size, when or time.time())])
+        self._index_insert([(uid, base, sub, letters, size, size, when or time.time())])
         if self._quota_record:
             self._quota_record(size, 1)
         return uid
@@ -470,11 +472,12 @@ class Folder:
             for item in batch:
                 item.done = True
 
-    def _index_insert(self, entries: list[tuple[int, str, str, str, int, float | None]]) -> None:
+    def _index_insert(self, entries: list[tuple[int, str, str, str, int, int, float | None]]) -> None:
+        """(uid, base, subdir, letters, size, psize, internal date) entries, one new MODSEQ."""
         try:
             with self.index.write():
                 m = self.index.next_modseq()
-                self.index.insert_many([(uid, base, sub, letters, size, m, when) for uid, base, sub, letters, size, when in entries])
+                self.index.insert_many([(u, b, sub, lt, sz, ps, m, when) for u, b, sub, lt, sz, ps, when in entries])
                 top = max(e[0] for e in entries) + 1
                 self.index.set("uidnext", max(top, int(self.index.get("uidnext") or 1)))
         except Exception as e:  # the files are safe; the next sync repairs the index
@@ -512,7 +515,8 @@ class Folder:
                     refused.append(uid)
                     continue
                 have = set(r.letters)
-                new = have | wanted if mode == "add" else have - wanted if mode == "remove" else wanted
+                # P (Maildir "passed") is not an IMAP flag: kept as found, as Dovecot does.
+                new = have | wanted if mode == "add" else have - wanted if mode == "remove" else wanted | (have & {"P"})
                 letters = letters_sorted(new)
                 if letters == r.letters and r.subdir == "cur":
                     continue
@@ -572,7 +576,7 @@ class Folder:
                     if other is not None:
                         os.unlink(other)
                 removed.append(r.uid)
-                freed += r.size
+                freed += r.psize
             if removed:
                 fsync_dir(self.path / "cur")
                 self.index.delete(removed, self.index.next_modseq())
@@ -593,14 +597,14 @@ class Folder:
         if not rows:
             return []
         if not move and dest._quota_check:
-            dest._quota_check(sum(r.size for r in rows), len(rows))
+            dest._quota_check(sum(r.psize for r in rows), len(rows))
         if dest.path == self.path:
             dest = self  # COPY into the same folder
         staged: list[tuple[Row, Path | None, str, str]] = []  # row, source or tmp, new base, letters
         try:
             for r in rows:
                 letters = dest.letters_for(self.flags_of(r.letters)) if dest is not self else r.letters
-                base = new_base(r.size, r.size)
+                base = new_base(r.psize, r.size)
                 if move:
                     staged.append((r, None, base, letters))
                     continue
@@ -633,7 +637,7 @@ class Folder:
                     uid = ul.add(base)
                     new_lines.append((uid, base))
                     pairs.append((r.uid, uid))
-                    entries.append((uid, base, "cur", letters, r.size, None))
+                    entries.append((uid, base, "cur", letters, r.size, r.psize, None))
                 if new_lines:
                     fsync_dir(dest.path / "cur")
                     if move and dest is not self:
@@ -647,7 +651,7 @@ class Folder:
         if entries:
             dest._index_insert(entries)
             if not move and dest._quota_record:
-                dest._quota_record(sum(e[4] for e in entries), len(entries))
+                dest._quota_record(sum(e[5] for e in entries), len(entries))
         if move and pairs:
             moved = [p[0] for p in pairs]
             with self.index.write():
@@ -720,11 +724,22 @@ def _arrival(base: str) -> tuple[int, str]:
     return (int(head) if head.isdigit() else 0, base)
 
 
-def _file_size(path: Path) -> int:
+def _sizes(path: Path, fn: FileName) -> tuple[int, int]:
+    """(size with CRLF, size on disk) from the name, else from the file itself."""
+    psize, vsize = fn.size, fn.vsize
+    if psize is not None and vsize is not None:
+        return vsize, psize
     try:
-        return path.stat().st_size
+        with open(path, "rb") as f:
+            psize = os.fstat(f.fileno()).st_size
+            vsize = psize
+            prev = b""
+            while chunk := f.read(1 << 16):
+                vsize += chunk.count(b"\n") - (prev + chunk).count(b"\r\n")
+                prev = chunk[-1:]
     except FileNotFoundError:
-        return 0
+        return 0, 0
+    return vsize, psize
 
 
 def _max_uid(idx: Index) -> int:
@@ -732,9 +747,19 @@ def _max_uid(idx: Index) -> int:
     return int(row[0] or 0)
 
 
-def _new_uidvalidity(previous: str | None) -> int:
-    v = int(time.time())
-    return v + 1 if previous and int(previous) >= v else v
+def _new_uidvalidity(maildir: Path, previous: str | None) -> int:
+    """Time-based and never repeated within an account: like Dovecot, keep
+    the next value in ``dovecot-uidvalidity`` (hex) at the Maildir root."""
+    counter = maildir / "dovecot-uidvalidity"
+    try:
+        stored = int(counter.read_text().strip() or "0", 16)
+    except (FileNotFoundError, ValueError):
+        stored = 0
+    v = max(int(time.time()), stored, int(previous) + 1 if previous else 0)
+    tmp = counter.with_name(f".{counter.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{v + 1:x}")
+    os.replace(tmp, counter)
+    return v
 
 
 def _is_sqlite_corruption(e: BaseException) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 INDEX = "mailstack-index.sqlite"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS messages (
     base TEXT NOT NULL UNIQUE,
     subdir TEXT NOT NULL,
     letters TEXT NOT NULL,
-    size INTEGER NOT NULL,
+    size INTEGER NOT NULL,   -- with CRLF line ends: what IMAP clients see (W=)
+    psize INTEGER NOT NULL,  -- bytes in the file (S=), for the quota
     internal_date REAL,
     modseq INTEGER NOT NULL,
     info TEXT,
@@ -50,6 +51,7 @@ class Row:
     subdir: str
     letters: str
     size: int
+    psize: int
     modseq: int
 
     @property
@@ -136,16 +138,17 @@ class Index:
     # -- messages ----------------------------------------------------------------
 
     def rows(self) -> list[Row]:
-        return [Row(*r) for r in self.db.execute("SELECT uid, base, subdir, letters, size, modseq FROM messages ORDER BY uid")]
+        return [Row(*r) for r in self.db.execute("SELECT uid, base, subdir, letters, size, psize, modseq FROM messages ORDER BY uid")]
 
     def row(self, uid: int) -> Row | None:
-        r = self.db.execute("SELECT uid, base, subdir, letters, size, modseq FROM messages WHERE uid = ?", (uid,)).fetchone()
+        r = self.db.execute("SELECT uid, base, subdir, letters, size, psize, modseq FROM messages WHERE uid = ?", (uid,)).fetchone()
         return Row(*r) if r else None
 
-    def insert_many(self, rows: list[tuple[int, str, str, str, int, int, float | None]]) -> None:
-        """(uid, base, subdir, letters, size, modseq, internal date) rows."""
+    def insert_many(self, rows: list[tuple[int, str, str, str, int, int, int, float | None]]) -> None:
+        """(uid, base, subdir, letters, size, psize, modseq, internal date) rows."""
         self.db.executemany(
-            "INSERT OR REPLACE INTO messages (uid, base, subdir, letters, size, modseq, internal_date) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO messages (uid, base, subdir, letters, size, psize, modseq, internal_date)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
 

@@ -9,6 +9,7 @@ are stored with CRLF line ends, so S = W and IMAP can send file bytes as is.
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import re
@@ -19,11 +20,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
-# IMAP system flag <-> Maildir letter.  P (passed) is Maildir's "forwarded".
+# IMAP system flag <-> Maildir letter.  Maildir's P (passed) has no IMAP
+# flag: like Dovecot we keep it in file names but do not show it, and
+# $Forwarded is an ordinary keyword.
 FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
 LETTER_FLAGS = {v: k for k, v in FLAG_LETTERS.items()}
-FORWARDED_KEYWORD = "$Forwarded"
-SYSTEM_LETTERS = "DFPRST"
 CHUNK = 1 << 16
 
 _HOST = re.sub(r"[/:,\\]", "_", socket.gethostname() or "localhost")
@@ -121,6 +122,38 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+class CrlfReader(io.RawIOBase):
+    """Reads a file stored with bare LF (by Dovecot, procmail...) as CRLF,
+    the form IMAP sizes and offsets refer to."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self._buf = b""
+        self._prev_cr = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        while not self._buf:
+            chunk = self._f.read(CHUNK)
+            if not chunk:
+                return 0
+            out = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            if self._prev_cr and chunk[:1] == b"\n":
+                out = out[1:]  # the CR ended the previous chunk
+            self._prev_cr = chunk[-1:] == b"\r"
+            self._buf = out
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
 
 
 def fsync_dir(path: Path) -> None:

@@ -27,6 +27,7 @@ UIDLIST = "dovecot-uidlist"
 DOTLOCK = UIDLIST + ".lock"
 FLOCK = "mailstack.lock"
 STALE_DOTLOCK = 120.0  # seconds: Dovecot's own stale timeout for this lock
+PENDING_STALE = 5.0
 LOCK_TIMEOUT = 60.0
 
 
@@ -167,12 +168,20 @@ class FolderLock:
         return self
 
     def _take_dotlock(self, fd: int, deadline: float) -> None:
+        # What the previous holder of the flock left: if it died holding the
+        # dotlock, this names it.
+        inherited = os.pread(fd, 24, 0).strip()
         delay = 0.001
         while True:
+            # Say we are about to create it: if we die before recording its
+            # inode, the next holder still knows the dotlock may be ours.
+            os.pwrite(fd, b"pending".ljust(24), 0)
             try:
                 lfd = os.open(self.dotlock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
-                if self._stale(fd):
+                os.pwrite(fd, b"-".ljust(24), 0)  # waiting: nothing of ours on disk
+                if self._stale(inherited):
+                    inherited = b"-"
                     try:
                         os.unlink(self.dotlock)
                     except FileNotFoundError:
@@ -188,15 +197,20 @@ class FolderLock:
             self._holding_dotlock = True
             return
 
-    def _stale(self, fd: int) -> bool:
+    def _stale(self, recorded: bytes) -> bool:
         try:
             st = os.stat(self.dotlock)
         except FileNotFoundError:
             return True
-        recorded = os.pread(fd, 24, 0).strip()
         if recorded.isdigit() and int(recorded) == st.st_ino:
             return True  # ours, left by a process that died holding it
-        return time.time() - st.st_mtime > STALE_DOTLOCK
+        age = time.time() - st.st_mtime
+        if recorded == b"pending" and age > PENDING_STALE:
+            # A holder died between creating the dotlock and recording it.
+            # Dovecot holds this lock for milliseconds, so an old untouched
+            # one in that state is the dead holder's.
+            return True
+        return age > STALE_DOTLOCK
 
     def replace_list(self, ul: UidList, keep: set[str] | None = None) -> None:
         """Write the whole list through the dotlock and rename it in place."""
