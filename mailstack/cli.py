@@ -93,6 +93,12 @@ def cmd_user_add(args: argparse.Namespace, cfg: Config) -> int:
     )
     print(info.login)
     print(info.address)
+    from .mailboxes import mailbox_for
+
+    try:
+        mailbox_for(cfg, info)
+    except OSError as e:
+        print(f"mailstack: warning: the Maildir was not created: {e.strerror}: {e.filename}", file=sys.stderr)
     if info.state == "pending":
         print("state: pending activation (mailstack activate)", file=sys.stderr)
     return 0
@@ -125,8 +131,54 @@ def cmd_user_show(args: argparse.Namespace, cfg: Config) -> int:
     ]
     if u.state == "locked":
         fields.append(("locked until", _fmt_time(u.locked_until)))
+    fields.append(("quota", _quota_text(cfg, u)))
     for k, v in fields:
         print(f"{k + ':':18}{v}")
+    return 0
+
+
+def _fmt_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _quota_text(cfg: Config, u) -> str:
+    from .mailboxes import limits
+    from .store.quota import Quota
+
+    qb, qm = limits(cfg, u)
+    maildir = cfg.storage.mail_root / u.address.rsplit("@", 1)[1] / u.login / "Maildir"
+    used = Quota(maildir, qb, qm).usage() if maildir.is_dir() else None
+    b = f"{_fmt_size(used.bytes) if used else '-'} of {_fmt_size(qb) if qb else 'unlimited'}"
+    m = f"{used.messages if used else '-'} of {qm if qm else 'unlimited'} messages"
+    return f"{b}, {m}"
+
+
+def _parse_size(text: str) -> int:
+    """1048576, 500M, 2G, 1.5T (binary units)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    number = t[:-1] if t[-1:] in "KMGT" and t[-1:] else t
+    try:
+        value = float(number)
+    except ValueError:
+        raise UsageError(f"mailstack user quota: {text!r} is not a size (e.g. 2G, 500M, 0 for none)") from None
+    if value < 0:
+        raise UsageError(f"mailstack user quota: {text!r} is negative")
+    return int(value * mult)
+
+
+def cmd_user_quota(args: argparse.Namespace, cfg: Config) -> int:
+    d = _directory(cfg)
+    info = d.get(args.login)
+    if args.bytes is not None or args.messages is not None or args.default:
+        qb = None if args.default else (_parse_size(args.bytes) if args.bytes is not None else info.quota_bytes)
+        qm = None if args.default else (int(_parse_size(args.messages)) if args.messages is not None else info.quota_messages)
+        info = d.set_quota(args.login, qb, qm)
+    print(f"{info.login}: {_quota_text(cfg, info)}")
     return 0
 
 
@@ -152,7 +204,8 @@ def cmd_user_enable(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_user_delete(args: argparse.Namespace, cfg: Config) -> int:
     info = _directory(cfg).delete(args.login)
-    print(f"{info.login} deleted")
+    maildir = cfg.storage.mail_root / info.address.rsplit("@", 1)[1] / info.login
+    print(f"{info.login} deleted" + (f"; its mail is kept in {maildir}" if maildir.exists() else ""))
     return 0
 
 
@@ -272,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("login", metavar="LOGIN")
     sp.add_argument("--password-stdin", action="store_true", required=True, help="read the password from standard input")
     cmd(usub, "expire-inactive", cmd_user_expire, "disable accounts without a login for auth.inactivity_days")
+    sp = cmd(usub, "quota", cmd_user_quota, "show or set an account's quota (bytes and messages; 0 = none)")
+    sp.add_argument("login", metavar="LOGIN")
+    sp.add_argument("--bytes", metavar="SIZE", help="e.g. 2G, 500M; 0 for no limit")
+    sp.add_argument("--messages", metavar="N", help="number of messages; 0 for no limit")
+    sp.add_argument("--default", action="store_true", help="use the [storage] defaults again")
 
     sp = cmd(sub, "activate", cmd_activate, "first activation of a pending account (NUMEN, birth date, family name)")
     sp.add_argument("--numen", required=True)

@@ -148,6 +148,8 @@ class SmtpConfig:
 class StorageConfig:
     mail_root: Path = opt(Path("/var/lib/mailstack/mail"))
     spool: Path = opt(Path("/var/spool/mailstack"))
+    quota_bytes: int = opt(0, _between(0, 1 << 50), "default quota per account in bytes; 0 = none")
+    quota_messages: int = opt(0, _between(0, 1 << 40), "default quota per account in messages; 0 = none")
 
 
 @dataclass(frozen=True)

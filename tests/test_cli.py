@@ -220,3 +220,18 @@ def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
     bad.write_text('[server]\ndomains = ["x.fr"]\n[tls]\nmin_version = "1.0"\n')
     one_line_error(run_cli("-c", str(bad), "serve"), 1, "tls.min_version")
 
+
+
+def test_user_add_creates_the_maildir_and_quota(fresh_home: Path) -> None:
+    r = cli(fresh_home, "user", "add", "Léa", "Moreau", "--password-stdin", stdin=PW)
+    assert r.returncode == 0, r.stderr
+    maildir = fresh_home / "mail" / "ac-normandie.test" / "lea.moreau" / "Maildir"
+    assert {".Sent", ".Drafts", ".Trash", ".Junk", ".Archive", "cur", "new", "tmp"} <= set(os.listdir(maildir))
+    r = cli(fresh_home, "user", "quota", "lea.moreau", "--bytes", "1.5G", "--messages", "20000")
+    assert r.stdout.strip() == "lea.moreau: 0 B of 1.5 GiB, 0 of 20000 messages"
+    assert "quota:            0 B of 1.5 GiB" in cli(fresh_home, "user", "show", "lea.moreau").stdout
+    one_line_error(cli(fresh_home, "user", "quota", "lea.moreau", "--bytes", "lots"), 2, "not a size")
+    r = cli(fresh_home, "user", "quota", "lea.moreau", "--default")
+    assert r.stdout.strip() == "lea.moreau: 0 B of unlimited, 0 of unlimited messages"
+    r = cli(fresh_home, "user", "delete", "lea.moreau")
+    assert "its mail is kept in" in r.stdout and maildir.exists()

@@ -61,6 +61,8 @@ class AccountInfo:
     disabled_reason: str | None
     recovery_email: str | None
     pending_activation_data: bool
+    quota_bytes: int | None
+    quota_messages: int | None
 
     @classmethod
     def of(cls, a: Account) -> AccountInfo:
@@ -78,6 +80,8 @@ class AccountInfo:
             disabled_reason=a.disabled_reason,
             recovery_email=a.recovery_email,
             pending_activation_data=a.activation_hash is not None,
+            quota_bytes=a.quota_bytes,
+            quota_messages=a.quota_messages,
         )
 
 
@@ -268,6 +272,17 @@ class Directory:
             if acc.state == AccountState.PENDING.value:
                 acc.state = AccountState.ACTIVE.value
                 acc.activated_at = utcnow()
+            s.flush()
+            return AccountInfo.of(acc)
+
+    def set_quota(self, login: str, quota_bytes: int | None, quota_messages: int | None) -> AccountInfo:
+        """Per-account limits; None restores the [storage] default, 0 means none."""
+        for what, v in (("bytes", quota_bytes), ("messages", quota_messages)):
+            if v is not None and v < 0:
+                raise DirectoryError(f"quota {what} must be 0 or more")
+        with self.sessions() as s, s.begin():
+            acc = self._find(s, login)
+            acc.quota_bytes, acc.quota_messages = quota_bytes, quota_messages
             s.flush()
             return AccountInfo.of(acc)
 

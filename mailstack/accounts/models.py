@@ -10,6 +10,7 @@ import enum
 from datetime import datetime, timezone
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -89,6 +90,9 @@ class Account(Base):
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     disabled_reason: Mapped[str | None] = mapped_column(String(200))
+    # None: the [storage] default applies; 0: no limit.
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    quota_messages: Mapped[int | None] = mapped_column(BigInteger)
 
     @property
     def address(self) -> str:
