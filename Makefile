@@ -22,6 +22,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/auth.py
+	$(PY) bench/store.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache *.egg-info

@@ -150,6 +150,16 @@ def main() -> None:
         print(f"open + list UID FLAGS SIZE, {n} messages, cold (no index, {cache}): {cold:.3f} s   (target <= 3 s)")
         warm = min(open_and_list(work / "big")[0] for _ in range(3))
         print(f"open + list UID FLAGS SIZE, {n} messages, warm:            {warm:.3f} s   (target <= 0.5 s)")
+        f = Store(work / "big").mailbox("ac-normandie.fr", "big.folder").folder("INBOX")
+        t0 = time.perf_counter()
+        hits = f.search_header("subject", "conseil")
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        f.search_header("from", "martin")
+        second = time.perf_counter() - t0
+        f.close()
+        print(f"header SEARCH over {n} messages: first {first:.2f} s (parses and indexes every message), "
+              f"then {second:.3f} s from the index ({len(hits)} hits)")
         raw = disk_rate(work, args.deliveries)
         print(f"disk raw write+fsync+rename of {len(BODY)} B, one thread: {raw:8.0f} /s   (the physical limit)")
         for threads, distinct in ((1, False), (8, False), (8, True)):

@@ -437,3 +437,63 @@ def test_dotlock_left_between_create_and_record(mailbox) -> None:
         with FolderLock(inbox.path, timeout=0.5):
             pass
     assert lock.exists()
+
+
+# --- parsed data ---------------------------------------------------------------------------------------------
+
+MULTIPART = (
+    b"From: =?utf-8?q?H=C3=A9l=C3=A8ne_Lef=C3=A8vre?= <helene@ac-normandie.test>\r\n"
+    b"To: Paul <paul.durand@ac-normandie.test>, equipe@ac-normandie.test\r\n"
+    b"Subject: =?utf-8?q?R=C3=A9union_p=C3=A9dagogique?=\r\n"
+    b"Message-ID: <r1@ac-normandie.test>\r\n"
+    b"X-Priority: 1 (Highest)\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+    b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nOrdre du jour en pi\xc3\xa8ce jointe.\r\n"
+    b"--b1\r\nContent-Type: application/pdf; name=odj.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n"
+    b"--b1--\r\n"
+)
+
+
+def test_info_is_parsed_once_and_kept_in_the_index(mailbox) -> None:
+    inbox = mailbox.folder("INBOX")
+    uid = inbox.deliver(io.BytesIO(MULTIPART))
+    info = inbox.info(uid)
+    assert info.envelope.message_id == "<r1@ac-normandie.test>"
+    assert [(p.maintype, p.subtype) for p in info.root.children] == [("text", "plain"), ("application", "pdf")]
+    assert inbox.read_section(uid, "2") == b"JVBERi0xLjQK"
+    assert inbox.read_section(uid, "1.MIME") == b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
+    assert inbox.read_section(uid, "HEADER").endswith(b"boundary=\"b1\"\r\n\r\n")
+    inbox.close()
+    again = mailbox.folder("INBOX")
+    stored = again.index.db.execute("SELECT info, subject FROM messages WHERE uid = ?", (uid,)).fetchone()
+    assert stored[0] and stored[1] == "réunion pédagogique"
+    assert again.info(uid) == info
+
+
+def test_header_and_text_search(mailbox) -> None:
+    inbox = mailbox.folder("INBOX")
+    u1 = inbox.deliver(io.BytesIO(MULTIPART))
+    u2 = inbox.deliver(io.BytesIO(MSG))
+    assert inbox.search_header("subject", "RÉUNION") == {u1}
+    assert inbox.search_header("from", "hélène lef") == {u1}
+    assert inbox.search_header("to", "paul.durand") == {u1, u2}
+    assert inbox.search_header("X-Priority", "highest") == {u1}
+    assert inbox.search_header("subject", "absent") == set()
+    assert inbox.search_text("PIÈCE JOINTE") == {u1}
+    assert inbox.search_text("hello", body_only=True) == {u2}
+    assert inbox.search_text("bonjour", body_only=True) == set()  # only in the header
+    assert inbox.search_text("bonjour") == {u2}
+
+
+def test_lf_files_read_as_crlf_with_sections(mailbox) -> None:
+    inbox = mailbox.folder("INBOX")
+    lf = MULTIPART.replace(b"\r\n", b"\n")
+    (inbox.path / "cur" / f"1700000000.dovecot.host,S={len(lf)},W={len(MULTIPART)}:2,S").write_bytes(lf)
+    inbox.sync()
+    (m,) = inbox.messages()
+    assert m.size == len(MULTIPART)
+    with inbox.open(m.uid) as f:
+        assert f.read() == MULTIPART
+    assert inbox.read_section(m.uid, "2") == b"JVBERi0xLjQK"
+    assert inbox.read_section(m.uid, "1") == "Ordre du jour en pièce jointe.".encode()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, NamedTuple
 
 from . import keywords as kw
-from . import uidlist
+from . import mime, uidlist
 from .index import Index, IndexCorrupt, Row, clock_modseq
 from .maildir import (
     FLAG_LETTERS,
@@ -370,6 +370,134 @@ class Folder:
         self.index.db.execute("UPDATE messages SET internal_date = ? WHERE uid = ?", (mtime, uid))
         return mtime
 
+    # -- parsed data: envelope, structure, header search --------------------------------------
+
+    def info(self, uid: int) -> mime.MessageInfo:
+        """Envelope, MIME structure and common headers (parsed once, then from the index)."""
+        found = self.infos([uid])
+        if uid not in found:
+            raise MessageGone(f"UID {uid} is not in {self.name}")
+        return found[uid]
+
+    def infos(self, uids: Iterable[int]) -> dict[int, mime.MessageInfo]:
+        """Parsed data for many messages: one query, one write for those parsed now."""
+        wanted = sorted(set(uids))
+        out: dict[int, mime.MessageInfo] = {}
+        missing: list[int] = []
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            known = dict(self.index.db.execute(f"SELECT uid, info FROM messages WHERE uid IN ({marks})", chunk))
+            for uid in chunk:
+                text = known.get(uid, "absent")
+                if text == "absent":
+                    continue
+                try:
+                    out[uid] = mime.from_json(text) if text else None  # type: ignore[assignment]
+                except ValueError:
+                    out[uid] = None  # type: ignore[assignment]
+                if out[uid] is None:
+                    del out[uid]
+                    missing.append(uid)
+        parsed = []
+        for uid in missing:
+            try:
+                with self.open(uid) as f:
+                    out[uid] = mime.parse_message(f)
+            except MessageGone:
+                continue
+            parsed.append((uid, out[uid]))
+        if parsed:
+            rows = []
+            for uid, info in parsed:
+                h = info.headers
+                search = [mime.decode_header(h.get(k, "")).casefold() for k in ("subject", "from", "to", "cc", "bcc")]
+                rows.append((mime.to_json(info), *search, h.get("date"), h.get("message-id"), h.get("in-reply-to"), h.get("references"), uid))
+            with self.index.write():
+                self.index.db.executemany(
+                    "UPDATE messages SET info = ?, subject = ?, from_ = ?, to_ = ?, cc = ?, bcc = ?,"
+                    " date = ?, message_id = ?, in_reply_to = ?, refs = ? WHERE uid = ?",
+                    rows,
+                )
+        return out
+
+    def search_header(self, field: str, text: str, uids: Iterable[int] | None = None) -> set[int]:
+        """UIDs whose header ``field`` contains ``text`` (case-insensitive, RFC 2047
+        decoded).  Subject, From, To, Cc and Bcc come from the index; other
+        fields are read from the message headers only."""
+        candidates = [m.uid for m in self.messages()] if uids is None else sorted(set(uids))
+        needle = text.casefold()
+        column = _SEARCH_COLUMNS.get(field.lower())
+        if column is not None:
+            unparsed = {r[0] for r in self.index.db.execute("SELECT uid FROM messages WHERE info IS NULL")}
+            self.infos(u for u in candidates if u in unparsed)  # what the index does not know yet
+            hits: set[int] = set()
+            for i in range(0, len(candidates), 500):
+                chunk = candidates[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self.index.db.execute(
+                    f"SELECT uid FROM messages WHERE uid IN ({marks}) AND instr({column}, ?) > 0", [*chunk, needle]
+                )
+                hits.update(r[0] for r in rows)
+            return hits
+        hits = set()
+        name = field.lower().encode("ascii", "replace")
+        for uid in candidates:
+            try:
+                header = self.read_section(uid, "HEADER")
+            except MessageGone:
+                continue
+            for value in _header_values(header, name):
+                if needle in mime.decode_header(value).casefold():
+                    hits.add(uid)
+                    break
+        return hits
+
+    def search_text(self, text: str, uids: Iterable[int] | None = None, body_only: bool = False) -> set[int]:
+        """UIDs whose raw text (or body only) contains ``text``, case-insensitively,
+        streamed from the files in chunks."""
+        candidates = [m.uid for m in self.messages()] if uids is None else sorted(set(uids))
+        needle = text.casefold().encode("utf-8")
+        keep = max(len(needle) - 1, 0)
+        hits = set()
+        for uid in candidates:
+            try:
+                f = self.open(uid)
+            except MessageGone:
+                continue
+            with f:
+                if body_only:
+                    f.read(self.info(uid).header_size)
+                tail = b""
+                while chunk := f.read(1 << 16):
+                    window = tail + chunk.decode("utf-8", "replace").casefold().encode("utf-8")
+                    if needle in window:
+                        hits.add(uid)
+                        break
+                    tail = window[-keep:] if keep else b""
+        return hits
+
+    def read_section(self, uid: int, section: str) -> bytes:
+        """One IMAP section ("HEADER", "TEXT", "1.2", "1.2.MIME"...) read from its offset."""
+        start, end = mime.section_range(self.info(uid), section)
+        f = self.open_range(uid, start)
+        with f:
+            return f.read(end - start)
+
+    def open_range(self, uid: int, start: int) -> BinaryIO:
+        """The message positioned at ``start`` (CRLF offsets): a seek for our
+        CRLF files, a skip through the CRLF view for LF files."""
+        f = self.open(uid)
+        if isinstance(getattr(f, "raw", None), CrlfReader):
+            while start > 0:
+                skipped = len(f.read(min(start, 1 << 16)))
+                if not skipped:
+                    break
+                start -= skipped
+        else:
+            f.seek(start)
+        return f
+
     # -- letters ------------------------------------------------------------------------------
 
     def letters_for(self, flags: Iterable[str]) -> str:
@@ -717,6 +845,28 @@ def _group_commit(path: Path) -> _GroupCommit:
         if gc is None:
             gc = _COMMITTERS[path] = _GroupCommit()
         return gc
+
+
+_SEARCH_COLUMNS = {"subject": "subject", "from": "from_", "to": "to_", "cc": "cc", "bcc": "bcc"}
+
+
+def _header_values(header: bytes, name: bytes) -> list[str]:
+    """Unfolded values of one header field."""
+    out, current = [], None
+    for line in header.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if line[:1] in (b" ", b"\t") and current is not None:
+            current += b" " + line.strip()
+            continue
+        if current is not None:
+            out.append(current.decode("utf-8", "replace"))
+            current = None
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            current = value.strip()
+    if current is not None:
+        out.append(current.decode("utf-8", "replace"))
+    return out
 
 
 def _arrival(base: str) -> tuple[int, str]:
