@@ -20,7 +20,7 @@ from . import __version__
 from .config import Config, ConfigError, default_path, load
 
 # Daemon commands that exist; ``serve`` starts these (see daemon.py).
-DAEMON_COMMANDS: tuple[str, ...] = ()
+DAEMON_COMMANDS: tuple[str, ...] = ("imapd",)
 
 
 class UsageError(Exception):
@@ -271,6 +271,16 @@ def cmd_db_status(args: argparse.Namespace, cfg: Config) -> int:
     return 0 if current == head else 1
 
 
+def cmd_imapd(args: argparse.Namespace, cfg: Config) -> int:
+    from .daemon import setup_logging
+
+    setup_logging(cfg.server.log_level, "imapd")
+    _directory(cfg).engine.dispose()  # refuse to start on a missing or old schema
+    from .imap.server import run
+
+    return run(cfg)
+
+
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     from .daemon import serve, setup_logging
 
@@ -355,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd(dsub, "status", cmd_db_status, "show the schema version (exit 1 if not current)")
 
     cmd(sub, "serve", cmd_serve, "run every configured daemon in the foreground")
+    cmd(sub, "imapd", cmd_imapd, "run the IMAP daemon in the foreground (systemd: mailstack-imapd.service)")
     return p
 
 

@@ -126,7 +126,7 @@ class SmtpListener:
 @dataclass(frozen=True)
 class ImapConfig:
     enabled: bool = opt(True)
-    idle_timeout: int = opt(1800, _between(60, 86400), "seconds before an idle session is logged out")
+    idle_timeout: int = opt(1800, _between(10, 86400), "seconds before an idle session is logged out")
     listeners: list[Listener] = opt(
         [Listener("0.0.0.0", 993, "implicit"), Listener("0.0.0.0", 143, "starttls")]
     )

@@ -34,9 +34,11 @@ def make_self_signed(hostname: str, cert_path: Path, key_path: Path, days: int =
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     try:
-        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(hostname))
+        sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(hostname))]
     except ValueError:
-        san = x509.DNSName(hostname)
+        sans = [x509.DNSName(hostname)]
+    if hostname == "localhost":  # the dev home: clients may type the address
+        sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder()
@@ -46,7 +48,7 @@ def make_self_signed(hostname: str, cert_path: Path, key_path: Path, days: int =
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
@@ -113,3 +115,37 @@ def describe_certificate(path: Path) -> str:
         sans = "-"
     fp = cert.fingerprint(hashes.SHA256()).hex(":")
     return f"subject {cert.subject.rfc4514_string()}, names {sans}, until {cert.not_valid_after_utc:%Y-%m-%d}, SHA-256 {fp}"
+
+
+class OpenSSLServerContext:
+    """pyOpenSSL context for Twisted (IMAP): same policy as ``server_context``.
+
+    Twisted's own CertificateOptions still allows RSA key exchange without
+    forward secrecy; we build the context ourselves.  ``getContext`` is the
+    (old, still supported) interface Twisted's TLS endpoints and startTLS take.
+    """
+
+    def __init__(self, cfg: TlsConfig):
+        from OpenSSL import SSL
+
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_3_VERSION if cfg.min_version == "1.3" else SSL.TLS1_2_VERSION)
+        try:
+            ctx.set_cipher_list(cfg.ciphers.encode())
+        except SSL.Error:
+            raise TlsError(f"tls.ciphers: OpenSSL accepts none of {cfg.ciphers!r}") from None
+        ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | getattr(SSL, "OP_NO_RENEGOTIATION", 0))
+        try:
+            ctx.use_certificate_chain_file(str(cfg.certificate))
+            ctx.use_privatekey_file(str(cfg.key))
+            ctx.check_privatekey()
+        except SSL.Error as e:
+            raise TlsError(f"cannot load certificate {cfg.certificate} with key {cfg.key}: {e}") from None
+        except OSError as e:
+            raise TlsError(f"cannot read TLS file: {e}") from None
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        ctx.set_session_id(b"mailstack")
+        self._ctx = ctx
+
+    def getContext(self):  # noqa: N802 (Twisted's name)
+        return self._ctx

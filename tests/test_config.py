@@ -80,7 +80,7 @@ def test_example_config_documents_every_key_with_its_default() -> None:
         (MINIMAL + "[imap]\nidle_timout = 60\n", "imap.idle_timout: unknown key (expected one of enabled, idle_timeout, listeners)"),
         (MINIMAL + "[bogus]\n", "bogus: unknown key"),
         (MINIMAL + "[imap]\nidle_timeout = '30'\n", "imap.idle_timeout: expected an integer, got '30'"),
-        (MINIMAL + "[imap]\nidle_timeout = 5\n", "imap.idle_timeout: expected a number from 60 to 86400, got 5"),
+        (MINIMAL + "[imap]\nidle_timeout = 5\n", "imap.idle_timeout: expected a number from 10 to 86400, got 5"),
         (MINIMAL + "[imap]\nenabled = 1\n", "imap.enabled: expected true or false, got 1"),
         (MINIMAL + "[tls]\nmin_version = '1.1'\n", "tls.min_version: expected one of '1.2', '1.3', got '1.1'"),
         (MINIMAL + "[auth.argon2]\nlanes = 4\n", "auth.argon2.lanes: expected a number from 1 to 1"),

@@ -1,0 +1,1 @@
+"""The IMAP server: protocol (parser, formatting, session) and the Twisted daemon."""

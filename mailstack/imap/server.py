@@ -1,0 +1,222 @@
+"""``mailstack imapd``: the Twisted side of IMAP.  It only moves bytes.
+
+Each connection gets a ``Session`` (session.py) and this protocol as its
+``Io``: writes, file streaming with a pull producer (a 100 MB body never
+sits in memory), STARTTLS, the 30-minute idle logout, a thread pool for
+blocking store and authentication work, and per-address connection limits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+from typing import Any, BinaryIO, Callable
+
+from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IPullProducer
+from twisted.internet.task import deferLater
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from ..accounts.auth import Authenticator
+from ..accounts.directory import Directory
+from ..config import Config, Listener
+from ..tls import OpenSSLServerContext
+from .session import ListenerInfo, Session
+
+log = logging.getLogger("mailstack.imap")
+MAX_PER_ADDRESS = 100
+CHUNK = 1 << 16
+_IDS = itertools.count(1)
+
+
+@implementer(IPullProducer)
+class _FileProducer:
+    def __init__(self, transport, f: BinaryIO, length: int):
+        self.transport, self.f, self.left = transport, f, length
+        self.done: defer.Deferred = defer.Deferred()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if self.left <= 0:
+            return self._finish()
+        chunk = self.f.read(min(CHUNK, self.left))
+        if not chunk:  # the file is shorter than announced: the stream is broken
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+            self.done.errback(IOError("message file shorter than announced"))
+            return
+        self.left -= len(chunk)
+        self.transport.write(chunk)
+        if self.left <= 0:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.transport.unregisterProducer()
+        if not self.done.called:
+            self.done.callback(None)
+
+    def stopProducing(self) -> None:  # noqa: N802
+        if not self.done.called:
+            self.done.errback(ConnectionError("connection lost while sending"))
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class TlsCreator:
+    """Our pyOpenSSL context (mailstack.tls) in the form Twisted's TLS wants."""
+
+    def __init__(self, context: OpenSSLServerContext):
+        self.context = context
+
+    def serverConnectionForTLS(self, tls_protocol):  # noqa: N802
+        from OpenSSL import SSL
+
+        return SSL.Connection(self.context.getContext(), None)
+
+
+class ImapProtocol(protocol.Protocol, TimeoutMixin):
+    def __init__(self, factory: ImapFactory, listener: Listener):
+        self.factory = factory
+        self.listener = listener
+        self.tls = listener.tls == "implicit"
+        self.peer = ""
+        self.session: Session | None = None
+
+    # -- Twisted callbacks -------------------------------------------------------------------
+
+    def connectionMade(self) -> None:  # noqa: N802
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", "")
+        count = self.factory.per_address.get(self.peer, 0)
+        if count >= MAX_PER_ADDRESS:
+            self.transport.write(b"* BYE too many connections from your address\r\n")
+            self.transport.loseConnection()
+            return
+        self.factory.per_address[self.peer] = count + 1
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass
+        self.setTimeout(self.factory.cfg.imap.idle_timeout)
+        sid = f"i{os.getpid()}-{next(_IDS)}"
+        self.session = Session(self.factory.cfg, self.factory.auth, self, ListenerInfo(self.tls), sid)
+        log.info("session=%s connect client=%s port=%d tls=%s", sid, self.peer, self.listener.port, self.listener.tls)
+        self.session.start()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.resetTimeout()
+        if self.session is not None:
+            self.session.data_received(data)
+
+    def timeoutConnection(self) -> None:  # noqa: N802
+        self.transport.write(b"* BYE idle for too long, logging out\r\n")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self.setTimeout(None)
+        if self.session is not None:
+            n = self.factory.per_address.get(self.peer, 1) - 1
+            if n <= 0:
+                self.factory.per_address.pop(self.peer, None)
+            else:
+                self.factory.per_address[self.peer] = n
+            s, self.session = self.session, None
+            s.close()
+            log.info("session=%s disconnect", s.id)
+
+    # -- Io for the session --------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def stream(self, f: BinaryIO, length: int) -> defer.Deferred:
+        prod = _FileProducer(self.transport, f, length)
+        self.transport.registerProducer(prod, False)
+        return prod.done
+
+    def start_tls(self) -> None:
+        self.transport.startTLS(self.factory.tls_context)
+        self.tls = True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def blocking(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(reactor, self.factory.pool, fn, *args)
+
+    def sleep(self, seconds: float) -> defer.Deferred:
+        return deferLater(reactor, seconds, lambda: None)
+
+    def pause_reading(self) -> None:
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        self.transport.resumeProducing()
+
+    def run(self, coro) -> None:
+        d = defer.Deferred.fromCoroutine(coro)
+        d.addErrback(self._failed)
+
+    def _failed(self, failure) -> None:
+        log.error("session=%s crashed: %s", self.session.id if self.session else "-", failure.getTraceback())
+        self.close()
+
+
+class ImapFactory(protocol.Factory):
+    def __init__(self, cfg: Config, auth: Authenticator, listener: Listener, tls_context: TlsCreator, pool: ThreadPool):
+        self.cfg, self.auth, self.listener = cfg, auth, listener
+        self.tls_context = tls_context
+        self.pool = pool
+        self.per_address: dict[str, int] = {}
+
+    def buildProtocol(self, addr) -> ImapProtocol:  # noqa: N802
+        return ImapProtocol(self, self.listener)
+
+
+def _endpoint(listener: Listener, tls_context: TlsCreator):
+    family_v6 = ":" in listener.address
+    if listener.tls == "implicit":
+        if family_v6:
+            return endpoints.SSL4ServerEndpoint(reactor, listener.port, tls_context, interface=listener.address)
+        return endpoints.SSL4ServerEndpoint(reactor, listener.port, tls_context, interface=listener.address)
+    if family_v6:
+        return endpoints.TCP6ServerEndpoint(reactor, listener.port, interface=listener.address)
+    return endpoints.TCP4ServerEndpoint(reactor, listener.port, interface=listener.address)
+
+
+def run(cfg: Config) -> int:
+    """Listen on every [[imap.listeners]] and serve until SIGTERM/SIGINT."""
+    directory = Directory(cfg)
+    directory.check_schema()
+    auth = Authenticator(directory)
+    tls_context = TlsCreator(OpenSSLServerContext(cfg.tls))
+    pool = ThreadPool(minthreads=2, maxthreads=16, name="mailstack-imap")
+    pool.start()
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+    failures: list[str] = []
+
+    def listening(port, listener: Listener) -> None:
+        log.info("listening address=%s port=%d tls=%s", listener.address, listener.port, listener.tls)
+
+    def failed(failure, listener: Listener) -> None:
+        failures.append(f"cannot listen on {listener.address} port {listener.port}: {failure.getErrorMessage()}")
+        log.error(failures[-1])
+        reactor.stop()
+
+    for listener in cfg.imap.listeners:
+        factory = ImapFactory(cfg, auth, listener, tls_context, pool)
+        d = _endpoint(listener, tls_context).listen(factory)
+        d.addCallbacks(listening, failed, callbackArgs=(listener,), errbackArgs=(listener,))
+    reactor.callWhenRunning(lambda: log.info("ready"))
+    reactor.run()
+    directory.engine.dispose()
+    return 1 if failures else 0
+
+
+_ = socket
