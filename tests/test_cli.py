@@ -194,17 +194,26 @@ def test_module_and_script_entry_points(home: Path) -> None:
         assert r.returncode == 0 and "init" in r.stdout
 
 
-def test_serve_runs_until_sigterm(home: Path) -> None:
-    env = dict(os.environ, MAILSTACK_CONFIG=str(home / "mailstack.toml"))
+def test_serve_runs_until_sigterm(fresh_home: Path) -> None:
+    import socket
+
+    from tests.conftest import free_port
+
+    cfg = fresh_home / "mailstack.toml"
+    imaps = free_port()
+    cfg.write_text(cfg.read_text().replace("port = 10993", f"port = {imaps}").replace("port = 10143", f"port = {free_port()}"))
+    env = dict(os.environ, MAILSTACK_CONFIG=str(cfg))
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailstack", "serve"], stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
     )
     try:
-        line = proc.stderr.readline()
-        while line and "ready" not in line:
+        seen = []
+        while not any("imapd INFO mailstack.imap: ready" in x for x in seen):
             line = proc.stderr.readline()
-        assert "ready" in line, line
-        assert proc.poll() is None
+            assert line, "".join(seen)
+            seen.append(line)
+        assert any("serve INFO mailstack.serve: ready daemons=imapd" in x for x in seen), seen
+        socket.create_connection(("127.0.0.1", imaps), timeout=5).close()  # the IMAP daemon listens
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         rest = proc.stderr.read()
