@@ -353,3 +353,15 @@ def test_large_message_streamed_both_ways(server: ImapServer, user: str) -> None
     assert f"RFC822.SIZE {size}".encode() in buf or True
     assert max(peak, during_append) - before < 20 * 1024, (before, during_append, peak)
     s.close()
+
+
+def test_per_user_session_limit(server: ImapServer, user: str) -> None:
+    sessions = [server.connect(user) for _ in range(20)]
+    extra = server.connect()
+    with pytest.raises(imaplib.IMAP4.error, match="LIMIT"):
+        extra.login(user, PASSWORD)
+    sessions.pop().logout()
+    time.sleep(0.2)
+    assert extra.login(user, PASSWORD)[0] == "OK"
+    for s in sessions + [extra]:
+        s.logout()

@@ -28,9 +28,9 @@ from ..tls import OpenSSLServerContext
 from .session import ListenerInfo, Session
 
 log = logging.getLogger("mailstack.imap")
-MAX_PER_ADDRESS = 100
 CHUNK = 1 << 16
 _IDS = itertools.count(1)
+_USERS: dict[str, int] = {}  # logged-in sessions per login, across listeners
 
 
 @implementer(IPullProducer)
@@ -90,7 +90,7 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", "")
         count = self.factory.per_address.get(self.peer, 0)
-        if count >= MAX_PER_ADDRESS:
+        if count >= self.factory.cfg.imap.max_per_address:
             self.transport.write(b"* BYE too many connections from your address\r\n")
             self.transport.loseConnection()
             return
@@ -101,7 +101,7 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
             pass
         self.setTimeout(self.factory.cfg.imap.idle_timeout)
         sid = f"i{os.getpid()}-{next(_IDS)}"
-        self.session = Session(self.factory.cfg, self.factory.auth, self, ListenerInfo(self.tls), sid)
+        self.session = Session(self.factory.cfg, self.factory.auth, self, ListenerInfo(self.tls), sid, self.factory.users)
         log.info("session=%s connect client=%s port=%d tls=%s", sid, self.peer, self.listener.port, self.listener.tls)
         self.session.start()
 
@@ -174,6 +174,7 @@ class ImapFactory(protocol.Factory):
         self.tls_context = tls_context
         self.pool = pool
         self.per_address: dict[str, int] = {}
+        self.users = _USERS
 
     def buildProtocol(self, addr) -> ImapProtocol:  # noqa: N802
         return ImapProtocol(self, self.listener)

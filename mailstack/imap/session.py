@@ -78,7 +78,15 @@ class _Append:
 
 
 class Session:
-    def __init__(self, cfg: Config, authenticator: Authenticator, io: Io, listener: ListenerInfo, session_id: str):
+    def __init__(
+        self,
+        cfg: Config,
+        authenticator: Authenticator,
+        io: Io,
+        listener: ListenerInfo,
+        session_id: str,
+        users: dict[str, int] | None = None,
+    ):
         self.cfg = cfg
         self.auth = authenticator
         self.io = io
@@ -100,6 +108,7 @@ class Session:
         self.idle_done = None
         self.current_append: _Append | None = None
         self.limit = cfg.limits.max_message_size
+        self.users = users if users is not None else {}
 
     # -- greeting and capabilities ------------------------------------------------------------
 
@@ -386,6 +395,12 @@ class Session:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self.user is not None and self.user.login:
+                n = self.users.get(self.user.login, 1) - 1
+                if n > 0:
+                    self.users[self.user.login] = n
+                else:
+                    self.users.pop(self.user.login, None)
             self._discard_append()
             if self.view is not None:
                 self.view.folder.close()
@@ -472,9 +487,13 @@ class Session:
         if result.delay:
             await self.io.sleep(result.delay)
         if result.outcome is Outcome.OK:
+            assert result.login is not None
+            if self.users.get(result.login, 0) >= self.cfg.imap.max_per_user:
+                raise No(f"too many sessions for {result.login}: close some", "LIMIT")
+            self.users[result.login] = self.users.get(result.login, 0) + 1
+            self.user = result  # from here close() gives the slot back
             info = await self.io.blocking(self.auth.directory.get, result.login)
             self.mailbox = await self.io.blocking(mailbox_for, self.cfg, info)
-            self.user = result
             self.state = "auth"
             log.info("session=%s login user=%s client=%s", self.id, result.login, self.io.peer)
             return f"[CAPABILITY {' '.join(self.capabilities())}] logged in"
