@@ -129,6 +129,7 @@ class ImapConfig:
     idle_timeout: int = opt(1800, _between(10, 86400), "seconds before an idle session is logged out")
     max_per_address: int = opt(50, _between(1, 100000), "connections from one client address")
     max_per_user: int = opt(20, _between(1, 10000), "logged-in sessions of one account")
+    workers: int = opt(0, _between(0, 64), "processes accepting connections; 0 = one per CPU")
     listeners: list[Listener] = opt(
         [Listener("0.0.0.0", 993, "implicit"), Listener("0.0.0.0", 143, "starttls")]
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -96,7 +97,8 @@ class Supervisor:
 
     async def _start(self, name: str) -> None:
         cmd = [sys.executable, "-m", "mailstack", "-c", str(self.config_path), name]
-        self.children[name] = await asyncio.create_subprocess_exec(*cmd)
+        # Its own process group: a daemon's workers go down with it.
+        self.children[name] = await asyncio.create_subprocess_exec(*cmd, start_new_session=True)
         log.info("started daemon=%s pid=%d", name, self.children[name].pid)
 
     async def _watch(self, name: str, proc: asyncio.subprocess.Process) -> None:
@@ -126,7 +128,10 @@ class Supervisor:
             for p in live:
                 if p.returncode is None:
                     log.warning("pid=%d did not stop in %.0fs, killing it", p.pid, STOP_GRACE)
-                    p.kill()
+                    try:
+                        os.killpg(p.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
             await asyncio.gather(*(p.wait() for p in live))
 
     async def _maintenance(self) -> None:

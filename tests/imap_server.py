@@ -91,14 +91,15 @@ class ImapServer:
         return 0
 
 
-def make_server(tmp: Path, idle_timeout: int = 1800) -> ImapServer:
+def make_server(tmp: Path, idle_timeout: int = 1800, workers: int = 1) -> ImapServer:
     home = tmp / "home"
     r = run_cli("init", "--home", str(home), "--domain", DOMAIN, "--dev", "--hostname", "localhost")
     assert r.returncode == 0, r.stderr
     imaps, imap = free_port(), free_port()
     cfg = (home / "mailstack.toml").read_text()
     cfg = cfg.replace("port = 10993", f"port = {imaps}").replace("port = 10143", f"port = {imap}")
-    cfg = cfg.replace("idle_timeout = 1800", f"idle_timeout = {idle_timeout}")
+    # One worker: the per-user limit test counts sessions in one process.
+    cfg = cfg.replace("idle_timeout = 1800", f"idle_timeout = {idle_timeout}\nworkers = {workers}")
     # Fast Argon2 for tests (the production parameters are tested in test_accounts).
     cfg += "\n[auth.argon2]\nmemory_kib = 8192\niterations = 1\n"
     (home / "mailstack.toml").write_text(cfg)

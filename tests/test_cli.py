@@ -215,8 +215,8 @@ def test_serve_runs_until_sigterm(fresh_home: Path) -> None:
         assert any("serve INFO mailstack.serve: ready daemons=imapd" in x for x in seen), seen
         socket.create_connection(("127.0.0.1", imaps), timeout=5).close()  # the IMAP daemon listens
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-        rest = proc.stderr.read()
+        _, rest = proc.communicate(timeout=20)
+        assert proc.returncode == 0
         assert "received SIGTERM" in rest and "stopped" in rest
     finally:
         if proc.poll() is None:

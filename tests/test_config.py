@@ -77,7 +77,7 @@ def test_example_config_documents_every_key_with_its_default() -> None:
 @pytest.mark.parametrize(
     "text,message",
     [
-        (MINIMAL + "[imap]\nidle_timout = 60\n", "imap.idle_timout: unknown key (expected one of enabled, idle_timeout, listeners, max_per_address, max_per_user)"),
+        (MINIMAL + "[imap]\nidle_timout = 60\n", "imap.idle_timout: unknown key (expected one of enabled, idle_timeout, listeners, max_per_address, max_per_user, workers)"),
         (MINIMAL + "[bogus]\n", "bogus: unknown key"),
         (MINIMAL + "[imap]\nidle_timeout = '30'\n", "imap.idle_timeout: expected an integer, got '30'"),
         (MINIMAL + "[imap]\nidle_timeout = 5\n", "imap.idle_timeout: expected a number from 10 to 86400, got 5"),

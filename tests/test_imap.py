@@ -365,3 +365,22 @@ def test_per_user_session_limit(server: ImapServer, user: str) -> None:
     assert extra.login(user, PASSWORD)[0] == "OK"
     for s in sessions + [extra]:
         s.logout()
+
+
+def test_workers_share_the_port(tmp_path) -> None:
+    """Two worker processes accept on the same socket; both serve the same store."""
+    s = make_server(tmp_path, workers=2)
+    s.start()
+    try:
+        login = s.add_user("Anne", "Worker")
+        clients = [s.connect(login) for _ in range(8)]
+        clients[0].append("INBOX", None, None, MSG)
+        for c in clients:
+            assert c.select("INBOX")[1] == [b"1"]
+            c.logout()
+        import subprocess as sp
+
+        children = sp.run(["pgrep", "-P", str(s.proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 2
+    finally:
+        s.stop()

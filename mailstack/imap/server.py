@@ -14,7 +14,7 @@ import os
 import socket
 from typing import Any, BinaryIO, Callable
 
-from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IPullProducer
 from twisted.internet.task import deferLater
 from twisted.protocols.policies import TimeoutMixin
@@ -146,11 +146,14 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
             self.transport.loseConnection()
 
     def blocking(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        from twisted.internet import reactor
         from twisted.internet.threads import deferToThreadPool
 
         return deferToThreadPool(reactor, self.factory.pool, fn, *args)
 
     def sleep(self, seconds: float) -> defer.Deferred:
+        from twisted.internet import reactor
+
         return deferLater(reactor, seconds, lambda: None)
 
     def pause_reading(self) -> None:
@@ -180,44 +183,109 @@ class ImapFactory(protocol.Factory):
         return ImapProtocol(self, self.listener)
 
 
-def _endpoint(listener: Listener, tls_context: TlsCreator):
-    family_v6 = ":" in listener.address
-    if listener.tls == "implicit":
-        if family_v6:
-            return endpoints.SSL4ServerEndpoint(reactor, listener.port, tls_context, interface=listener.address)
-        return endpoints.SSL4ServerEndpoint(reactor, listener.port, tls_context, interface=listener.address)
-    if family_v6:
-        return endpoints.TCP6ServerEndpoint(reactor, listener.port, interface=listener.address)
-    return endpoints.TCP4ServerEndpoint(reactor, listener.port, interface=listener.address)
+def _listening_socket(listener: Listener) -> socket.socket:
+    """Bound before the workers fork: every worker accepts on the same socket."""
+    family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((listener.address, listener.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
 
 
-def run(cfg: Config) -> int:
-    """Listen on every [[imap.listeners]] and serve until SIGTERM/SIGINT."""
+def _worker(cfg: Config, socks: list[tuple[socket.socket, Listener]]) -> int:
+    """One serving process: its own reactor, database engine and thread pool."""
+    from twisted.internet import reactor
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
     directory = Directory(cfg)
-    directory.check_schema()
     auth = Authenticator(directory)
     tls_context = TlsCreator(OpenSSLServerContext(cfg.tls))
     pool = ThreadPool(minthreads=2, maxthreads=16, name="mailstack-imap")
     pool.start()
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
-    failures: list[str] = []
-
-    def listening(port, listener: Listener) -> None:
+    for sock, listener in socks:
+        factory: protocol.Factory = ImapFactory(cfg, auth, listener, tls_context, pool)
+        if listener.tls == "implicit":
+            factory = TLSMemoryBIOFactory(tls_context, False, factory)
+        reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+        sock.close()  # the reactor holds its own copy of the descriptor
         log.info("listening address=%s port=%d tls=%s", listener.address, listener.port, listener.tls)
-
-    def failed(failure, listener: Listener) -> None:
-        failures.append(f"cannot listen on {listener.address} port {listener.port}: {failure.getErrorMessage()}")
-        log.error(failures[-1])
-        reactor.stop()
-
-    for listener in cfg.imap.listeners:
-        factory = ImapFactory(cfg, auth, listener, tls_context, pool)
-        d = _endpoint(listener, tls_context).listen(factory)
-        d.addCallbacks(listening, failed, callbackArgs=(listener,), errbackArgs=(listener,))
-    reactor.callWhenRunning(lambda: log.info("ready"))
+    reactor.callWhenRunning(lambda: log.info("ready pid=%d", os.getpid()))
     reactor.run()
     directory.engine.dispose()
-    return 1 if failures else 0
+    return 0
 
 
-_ = socket
+def run(cfg: Config) -> int:
+    """Listen on every [[imap.listeners]] and serve until SIGTERM/SIGINT,
+    with ``imap.workers`` processes accepting on the same sockets."""
+    from ..tls import TlsError
+
+    Directory(cfg).check_schema()
+    try:
+        OpenSSLServerContext(cfg.tls)  # fail now, with one clear line, on a bad certificate
+    except TlsError:
+        raise
+    socks = []
+    for listener in cfg.imap.listeners:
+        try:
+            socks.append((_listening_socket(listener), listener))
+        except OSError as e:
+            log.error("cannot listen on %s port %d: %s", listener.address, listener.port, e.strerror)
+            return 1
+    workers = cfg.imap.workers or (os.cpu_count() or 1)
+    if workers == 1:
+        return _worker(cfg, socks)
+    return _supervise(cfg, socks, workers)
+
+
+def _supervise(cfg: Config, socks, workers: int) -> int:
+    """Fork the workers (before any reactor exists), forward signals, restart
+    a worker that dies unexpectedly, stop them all on SIGTERM/SIGINT."""
+    import signal
+    import time
+
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                code = _worker(cfg, socks)
+            finally:
+                os._exit(code)
+        children[pid] = slot
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for slot in range(workers):
+        spawn(slot)
+    log.info("ready workers=%d", workers)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        slot = children.pop(pid, None)
+        if slot is not None and not stopping:
+            log.error("worker pid=%d exited with status %d; starting another", pid, os.waitstatus_to_exitcode(status))
+            time.sleep(1)
+            spawn(slot)
+    return 0

@@ -126,8 +126,8 @@ def sent_date(item: SortItem) -> float:
     if item.date:
         try:
             parsed = parsedate_tz(mime.decode_header(item.date))
-            if parsed is not None:
-                return float(mktime_tz(parsed))
+            if parsed is not None:   # no zone: UTC, not the server's local time
+                return float(mktime_tz(parsed if parsed[9] is not None else (*parsed[:9], 0)))
         except (ValueError, TypeError, OverflowError, IndexError):
             pass
     return item.arrival
