@@ -137,7 +137,7 @@ class Reader:
             nl = self._buf.find(b"\n")
             if nl < 0:
                 if self._line_bytes + len(self._buf) > self.max_line and self._mode == "line":
-                    events.append(LineTooLong(self._tag()))
+                    events.append(LineTooLong(self._tag(bytes(self._buf[:80]))))
                     self._reset()
                     self._mode = "skipline"
                 if self._mode == "skipline":

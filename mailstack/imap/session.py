@@ -263,7 +263,7 @@ class Session:
         if isinstance(item, tuple):
             kind = item[0]
             if kind == "toolong":
-                self.io.write(b"* BAD line too long\r\n")
+                self.io.write(f"{_tag(item[1])} BAD line too long\r\n".encode())
                 return
             if kind == "bad":
                 self.io.write(f"{_tag(item[1])} BAD {item[2]}\r\n".encode())
