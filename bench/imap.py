@@ -85,7 +85,7 @@ class Mailstack:
             self.proc.wait(20)
 
     def pids(self) -> list[int]:
-        return [self.proc.pid] if self.proc else []
+        return process_tree(self.proc.pid) if self.proc else []
 
 
 class Dovecot:
@@ -134,20 +134,22 @@ default_client_limit = 4000
         self.h.close()
 
     def pids(self) -> list[int]:
-        master = self.h._proc.pid if self.h._proc else None
-        if master is None:
-            return []
-        out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
-        children: dict[int, list[int]] = {}
-        for line in out.splitlines():
-            pid, ppid = map(int, line.split())
-            children.setdefault(ppid, []).append(pid)
-        found, todo = [], [master]
-        while todo:
-            p = todo.pop()
-            found.append(p)
-            todo += children.get(p, [])
-        return found
+        return process_tree(self.h._proc.pid) if self.h._proc else []
+
+
+def process_tree(root: int) -> list[int]:
+    """A process and all its descendants (IMAP workers, Dovecot's imap processes)."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        pid, ppid = map(int, line.split())
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += children.get(p, [])
+    return found
 
 
 def wait_port(port: int, timeout: float = 30) -> None:

@@ -30,7 +30,21 @@ from .session import ListenerInfo, Session
 log = logging.getLogger("mailstack.imap")
 CHUNK = 1 << 16
 _IDS = itertools.count(1)
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _USERS: dict[str, int] = {}  # logged-in sessions per login, across listeners
+
+
+def _tcp_socket(transport) -> socket.socket | None:
+    """The TCP socket under a transport (under the TLS layer, if any)."""
+    t = transport
+    for _ in range(4):
+        if t is None:
+            return None
+        handle = getattr(t, "getHandle", lambda: None)()
+        if isinstance(handle, socket.socket):
+            return handle
+        t = getattr(t, "transport", None)
+    return None
 
 
 @implementer(IPullProducer)
@@ -95,9 +109,13 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
             self.transport.loseConnection()
             return
         self.factory.per_address[self.peer] = count + 1
+        # Small responses must not wait for Nagle + delayed ACK (40 ms each);
+        # under TLS the TCP transport is the TLS layer's own transport.
+        self._sock = _tcp_socket(self.transport)
         try:
-            self.transport.setTcpNoDelay(True)
-        except (AttributeError, OSError):
+            if self._sock is not None:
+                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
             pass
         self.setTimeout(self.factory.cfg.imap.idle_timeout)
         sid = f"i{os.getpid()}-{next(_IDS)}"
@@ -107,6 +125,14 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.resetTimeout()
+        if self._sock is not None and _QUICKACK is not None:
+            # A client that writes a literal and its final CRLF separately
+            # (imaplib, many others) waits for our ACK under Nagle: ACK at
+            # once instead of after the 40 ms delayed-ACK timer.
+            try:
+                self._sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            except OSError:
+                pass
         if self.session is not None:
             self.session.data_received(data)
 

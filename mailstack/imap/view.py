@@ -76,7 +76,9 @@ class View:
     def refresh(self, allow_expunge: bool) -> Update:
         """Catch up with the folder; blocking (runs off the reactor)."""
         f = self.folder
-        f.sync()
+        # Our own processes write the index directly; a scan for changes made
+        # by other programs is done at most once a second per session.
+        f.sync(max_age=1.0)
         top = f.highest_modseq
         up = Update()
         if top == self.modseq and not (allow_expunge and self.pending_expunges):

@@ -86,6 +86,7 @@ class Folder:
         self._keywords_table: list[str | None] = []
         self._flag_cache: dict[str, frozenset[str]] = {}
         self._keywords_loaded = False
+        self._last_full_sync = 0.0
         self.index = self._open_index()
 
     @property
@@ -132,8 +133,15 @@ class Folder:
             newest = max(newest, st.st_mtime_ns / 1e9)
         return "|".join(parts), newest
 
-    def sync(self) -> None:
-        """Bring the index in line with the files (cheap when nothing changed)."""
+    def sync(self, max_age: float = 0.0) -> None:
+        """Bring the index in line with the files (cheap when nothing changed).
+
+        Changes made through this store reach the index at once; a full scan
+        is only needed for files changed by other programs (Dovecot, an
+        MDA).  ``max_age`` lets a busy session skip scans younger than that
+        many seconds: such changes then show up within ``max_age``."""
+        if max_age and time.monotonic() - self._last_full_sync < max_age and self._keywords_loaded:
+            return
         try:
             stats, newest = self._stats()
             if (
@@ -170,6 +178,7 @@ class Folder:
         return files
 
     def _full_sync(self) -> None:
+        self._last_full_sync = time.monotonic()
         started = time.time()
         stats, _ = self._stats()
         files = self._scan()
