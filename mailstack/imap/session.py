@@ -561,7 +561,7 @@ class Session:
         assert self.mailbox is not None
         mb = self.mailbox
         try:
-            view = await self.io.blocking(lambda: View(mb.folder(name), readonly))
+            view = await self.io.blocking(lambda: View(mb.folder(name, max_age=1.0), readonly))
         except NoSuchFolder:
             raise No(f"no folder {name}", "NONEXISTENT") from None
         self.view = view
@@ -836,10 +836,13 @@ class Session:
         try:
             if view is not None:
                 await self.announce(allow_expunge=True)
+                view.folder.index.release()  # an idle session should cost little memory
             while not done.called and not self.closed:
                 await self.io.sleep(0.25)
                 if watcher is not None and not done.called and watcher.drain():
                     await self.announce(allow_expunge=True)
+                    if view is not None:
+                        view.folder.index.release()
         finally:
             if watcher is not None:
                 watcher.close()

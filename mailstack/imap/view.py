@@ -35,7 +35,7 @@ class View:
         self.load()
 
     def load(self) -> None:
-        self.folder.sync()
+        self.folder.sync(max_age=1.0)
         msgs = self.folder.messages()
         self.uids = [m.uid for m in msgs]
         self.messages = {m.uid: m for m in msgs}

@@ -86,7 +86,6 @@ class Folder:
         self._keywords_table: list[str | None] = []
         self._flag_cache: dict[str, frozenset[str]] = {}
         self._keywords_loaded = False
-        self._last_full_sync = 0.0
         self.index = self._open_index()
 
     @property
@@ -140,7 +139,10 @@ class Folder:
         is only needed for files changed by other programs (Dovecot, an
         MDA).  ``max_age`` lets a busy session skip scans younger than that
         many seconds: such changes then show up within ``max_age``."""
-        if max_age and time.monotonic() - self._last_full_sync < max_age and self._keywords_loaded:
+        if max_age and time.monotonic() - _LAST_FULL_SYNC.get(self.path, 0.0) < max_age and self.index.get("uidvalidity"):
+            if not self._keywords_loaded:
+                self._keywords = kw.read(self.path)
+                self._keywords_loaded = True
             return
         try:
             stats, newest = self._stats()
@@ -178,7 +180,7 @@ class Folder:
         return files
 
     def _full_sync(self) -> None:
-        self._last_full_sync = time.monotonic()
+        _LAST_FULL_SYNC[self.path] = time.monotonic()
         started = time.time()
         stats, _ = self._stats()
         files = self._scan()
@@ -855,6 +857,10 @@ def _group_commit(path: Path) -> _GroupCommit:
             gc = _COMMITTERS[path] = _GroupCommit()
         return gc
 
+
+# When a folder was last scanned in full, by any Folder object of this
+# process (sessions of one worker share it).
+_LAST_FULL_SYNC: dict[Path, float] = {}
 
 _SEARCH_COLUMNS = {"subject": "subject", "from": "from_", "to": "to_", "cc": "cc", "bcc": "bcc"}
 

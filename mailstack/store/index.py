@@ -66,10 +66,8 @@ def clock_modseq() -> int:
 class Index:
     def __init__(self, folder: Path):
         self.path = folder / INDEX
+        self._db: sqlite3.Connection | None = None
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
             version = self.get("version")
             if version is None:
@@ -87,8 +85,25 @@ class Index:
         except sqlite3.DatabaseError as e:
             raise IndexCorrupt(f"{self.path}: {e}") from None
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, opened again after release()."""
+        if self._db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA cache_size=-512")  # KiB: thousands of sessions each hold one
+            self._db = db
+        return self._db
+
+    def release(self) -> None:
+        """Close the connection while a session waits (IDLE): its memory goes back."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
     def close(self) -> None:
-        self.db.close()
+        self.release()
 
     @staticmethod
     def remove(folder: Path) -> None:
