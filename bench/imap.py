@@ -244,6 +244,27 @@ def big_folder_fetch(server) -> tuple[float, float]:
     return times[0], times[1]
 
 
+def idle_latency(server, deliver, samples: int = 5) -> float:
+    """Median seconds from a delivery's return to the EXISTS an IDLE client receives."""
+    c = connect(server.port, str(server.cafile))
+    c.login(f"{USER}@{DOMAIN}", PASSWORD)
+    c.select("INBOX")
+    tag = c._new_tag()
+    c.send(tag + b" IDLE\r\n")
+    c.readline()
+    delays = []
+    for _ in range(samples):
+        deliver()
+        t0 = time.monotonic()
+        while not c.readline().rstrip().endswith(b"EXISTS"):
+            pass
+        delays.append(time.monotonic() - t0)
+        time.sleep(0.3)
+    c.send(b"DONE\r\n")
+    c.logout()
+    return sorted(delays)[len(delays) // 2]
+
+
 def idle_memory(server, n: int) -> float:
     before = pss_kb(server.pids())
     socks = []
@@ -315,11 +336,17 @@ def main() -> None:
             for n in (10, 50):
                 r[f"mixed{n}"] = mixed(server, n, args.seconds)
             r["idle_kb"] = idle_memory(server, args.idle)
+            if server is ms:
+                box = Store(ms.mail_root).mailbox(DOMAIN, USER)
+                r["push"] = idle_latency(server, lambda: box.folder("INBOX").deliver(io.BytesIO(MSG)))
+            else:
+                r["push"] = idle_latency(server, lambda: dv.h.deliver(f"{USER}@{DOMAIN}", MSG))
         finally:
             server.stop()
         print(f"{server.name:9}: mixed 10 clients {r['mixed10']:7.0f} ops/s, 50 clients {r['mixed50']:7.0f} ops/s; "
               f"{args.big}-message folder SELECT + UID FETCH 1:* first {first:.2f} s, again {second:.2f} s; "
-              f"{r['idle_kb']:.0f} KB per idle connection ({args.idle} in IDLE)")
+              f"{r['idle_kb']:.0f} KB per idle connection ({args.idle} in IDLE); "
+              f"IDLE push {r['push'] * 1000:.0f} ms after a delivery (median of 5)")
     a, b = results["mailstack"], results["dovecot"]
     print("ratios mailstack/dovecot: "
           f"throughput 10 clients {a['mixed10'] / b['mixed10']:.2f} (target >= 0.5 at 50), "

@@ -497,3 +497,30 @@ def test_lf_files_read_as_crlf_with_sections(mailbox) -> None:
         assert f.read() == MULTIPART
     assert inbox.read_section(m.uid, "2") == b"JVBERi0xLjQK"
     assert inbox.read_section(m.uid, "1") == "Ordre du jour en pièce jointe.".encode()
+
+
+def test_full_sync_never_drops_rows_written_during_its_scan(tmp_path: Path) -> None:
+    """A delivery by another process while a sync scans must not look expunged
+    (found by 10 IMAP clients appending and selecting at once)."""
+    ctx = multiprocessing.get_context("spawn")
+    mb = Store(tmp_path).mailbox("ac-normandie.test", "paul.durand")
+    inbox = mb.folder("INBOX")
+    for _ in range(200):
+        inbox.deliver(io.BytesIO(MSG))
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_deliver_many, args=(str(tmp_path), 60, q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    floor = inbox.highest_modseq
+    done = 0
+    while done < len(procs):
+        inbox._full_sync()  # racing the deliveries
+        time.sleep(0.005)
+        while not q.empty():
+            q.get()
+            done += 1
+    for p in procs:
+        p.join(30)
+    inbox._full_sync()
+    assert [m.uid for m in inbox.messages()] == list(range(1, 321))
+    assert inbox.expunged_since(floor)[0] == []

@@ -180,36 +180,40 @@ class Folder:
         return files
 
     def _full_sync(self) -> None:
+        """Scan the files and repair the index.  Everything happens inside one
+        index write transaction: our processes change the index only inside
+        one, so no row can be written between the scan and the comparison
+        (a row written after the scan would otherwise look expunged)."""
         _LAST_FULL_SYNC[self.path] = time.monotonic()
-        started = time.time()
-        stats, _ = self._stats()
-        files = self._scan()
-        ul = self._read_uidlist()
-        modified = False
-        unknown = [b for b in files if ul is None or b not in ul.uids]
-        in_new = [b for b, (sub, _, _) in files.items() if sub == "new"]
-        if ul is None or unknown or in_new:
-            with uidlist.FolderLock(self.path) as lock:
-                ul = self._read_uidlist_locked(lock)
-                # Oldest first, so UIDs follow arrival order.
-                fresh = sorted((b for b in files if b not in ul.uids), key=_arrival)
-                entries = [(ul.add(b), b) for b in fresh]
-                for b in in_new:  # seen now: move to cur/ as Dovecot does
-                    sub, name, letters = files[b]
-                    target = f"{b}:2,{letters}"
-                    try:
-                        os.rename(self.path / "new" / name, self.path / "cur" / target)
-                        files[b] = ("cur", target, letters)
-                    except FileNotFoundError:
-                        files.pop(b, None)
-                if entries:
-                    lock.append(ul, entries)
-                modified = True
-        self._uidlist = ul
-        self._keywords = kw.read(self.path)
-        self._keywords_loaded = True
-        assert ul is not None
         with self.index.write():
+            started = time.time()
+            stats, _ = self._stats()
+            files = self._scan()
+            ul = self._read_uidlist()
+            modified = False
+            unknown = [b for b in files if ul is None or b not in ul.uids]
+            in_new = [b for b, (sub, _, _) in files.items() if sub == "new"]
+            if ul is None or unknown or in_new:
+                with uidlist.FolderLock(self.path) as lock:
+                    ul = self._read_uidlist_locked(lock)
+                    # Oldest first, so UIDs follow arrival order.
+                    fresh = sorted((b for b in files if b not in ul.uids), key=_arrival)
+                    entries = [(ul.add(b), b) for b in fresh]
+                    for b in in_new:  # seen now: move to cur/ as Dovecot does
+                        sub, name, letters = files[b]
+                        target = f"{b}:2,{letters}"
+                        try:
+                            os.rename(self.path / "new" / name, self.path / "cur" / target)
+                            files[b] = ("cur", target, letters)
+                        except FileNotFoundError:
+                            files.pop(b, None)
+                    if entries:
+                        lock.append(ul, entries)
+                    modified = True
+            self._uidlist = ul
+            self._keywords = kw.read(self.path)
+            self._keywords_loaded = True
+            assert ul is not None
             idx = self.index
             rows = {r.uid: r for r in idx.rows()}
             present = {ul.uids[b]: b for b in files if b in ul.uids}
@@ -223,11 +227,14 @@ class Folder:
             gone = [uid for uid, r in rows.items() if present.get(uid) != r.base]
             if gone:
                 idx.delete(gone, ms())
+            expunged = {r[0] for r in idx.db.execute("SELECT uid FROM expunged")}
             inserts = []
             for uid, base in present.items():
                 sub, name, letters = files[base]
                 r = rows.get(uid)
                 if r is None or r.base != base:
+                    if uid in expunged and r is None:
+                        continue  # a UID once expunged never comes back
                     size, psize = _sizes(self.path / sub / name, FileName(base, letters))
                     inserts.append((uid, base, sub, letters, size, psize, ms(), None))
                 elif r.letters != letters:

@@ -67,6 +67,7 @@ class Index:
     def __init__(self, folder: Path):
         self.path = folder / INDEX
         self._db: sqlite3.Connection | None = None
+        self._depth = 0
         try:
             self.db.executescript(_SCHEMA)
             version = self.get("version")
@@ -112,14 +113,25 @@ class Index:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; writers from every process queue here."""
+        """A write transaction; writers from every process queue here.
+        Re-entrant: an inner write joins the outer transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.db
+            finally:
+                self._depth -= 1
+            return
         self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
             yield self.db
         except BaseException:
+            self._depth = 0
             self.db.execute("ROLLBACK")
             raise
         else:
+            self._depth = 0
             self.db.execute("COMMIT")
 
     @contextmanager
