@@ -23,6 +23,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/auth.py
 	$(PY) bench/store.py
+	$(PY) bench/imap.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache *.egg-info
