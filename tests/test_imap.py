@@ -381,3 +381,53 @@ def test_workers_share_the_port(tmp_path) -> None:
         assert len(children) == 2
     finally:
         s.stop()
+
+
+def test_binary_fetch_decodes_parts(server: ImapServer, user: str) -> None:
+    import base64
+
+    payload = bytes(range(256)) * 4  # NUL and 8-bit: needs literal8
+    msg = (
+        b"Subject: pieces\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n"
+        b"--zz\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        b"Caf=C3=A9 au lait, ligne tr=\r\n\xc3\xa8s longue\r\n"
+        b"--zz\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(payload).replace(b"\n", b"\r\n")
+        + b"--zz\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 x\r\n"
+        b"--zz--\r\n"
+    )
+    c = server.connect(user)
+    assert "BINARY" in c.capabilities
+    c.append("INBOX", None, None, msg)
+    c.select("INBOX")
+    s = c.socket()
+    typ, data = c.fetch("1", "(BINARY.PEEK[2] BINARY.SIZE[2] BINARY.PEEK[1])")
+    assert typ == "OK"
+    raw = b"".join(x if isinstance(x, bytes) else x[0] + x[1] for x in data)
+    assert payload in raw and b"BINARY.SIZE[2] 1024" in raw
+    assert "Café au lait, ligne très longue".encode() in raw
+    assert b"\\Seen" not in c.fetch("1", "(FLAGS)")[1][0]
+    typ, data = c.fetch("1", "(BINARY[2]<10.5>)")
+    assert payload[10:15] in data[0][1]
+    assert b"\\Seen" in c.fetch("1", "(FLAGS)")[1][0]
+    typ, data = c.fetch("1", "(BINARY[3])")
+    assert typ == "NO" and b"[UNKNOWN-CTE]" in data[0]
+    assert c.noop()[0] == "OK"  # the session goes on
+    c.logout()
+    del s
+
+
+def test_append_literal8(server: ImapServer, user: str) -> None:
+    s = raw_tls(server)
+    read_until(s, b"\r\n")
+    s.sendall(f"a LOGIN {user} {PASSWORD}\r\n".encode())
+    read_until(s, b"a ")
+    body = b"Subject: nul\r\n\r\nA\x00B\r\n"
+    s.sendall(b"b APPEND INBOX ~{%d}\r\n" % len(body))
+    assert read_until(s, b"\r\n").startswith(b"+")
+    s.sendall(body + b"\r\n")
+    assert b"b OK [APPENDUID" in read_until(s, b"b ")
+    s.sendall(b"c SELECT INBOX\r\nd FETCH 1 (BINARY.PEEK[])\r\n")
+    reply = read_until(s, b"d OK")
+    assert b"BINARY[] ~{%d}\r\n" % len(body) + body in reply
+    s.close()

@@ -83,8 +83,7 @@ async def _fetch(self: Session, cmd: p.Command, by_uid: bool) -> Any:
             if gone:
                 self.io.write(b"* VANISHED (EARLIER) " + fmt.sequence_set(gone) + b"\r\n")
     sets_seen = not view.readonly and any(
-        (a.name == "BODY" and a.section != "" or a.name == "BODY" and a.original.upper().startswith("BODY["))
-        and not a.peek
+        (a.name == "BODY" and a.original.upper().startswith("BODY[") or a.name == "BINARY") and not a.peek
         or a.name in ("RFC822", "RFC822.TEXT")
         for a in attrs
     )
@@ -159,6 +158,13 @@ def _fetch_one(self: Session, folder, m, seq: int, attrs: list[p.FetchAttr], inf
             section = {"RFC822": "", "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[n]
             parts.append(n.encode() + b" ")
             parts += _section(folder, m, section, (), False, None, _info_lazy(folder, m.uid, info, section))
+        elif n == "BINARY.SIZE":
+            size = _binary(folder, m, a.section, None, _info_lazy(folder, m.uid, info, a.section), size_only=True)
+            parts.append(f"BINARY.SIZE[{a.section}] {size}".encode())
+        elif n == "BINARY":
+            label = f"BINARY[{a.section}]" + (f"<{a.partial[0]}>" if a.partial else "")
+            parts.append(label.encode() + b" ")
+            parts += _binary(folder, m, a.section, a.partial, _info_lazy(folder, m.uid, info, a.section))
         else:  # BODY[section]<partial>
             label = "BODY[" + _section_label(a) + "]" + (f"<{a.partial[0]}>" if a.partial else "")
             parts.append(label.encode() + b" ")
@@ -215,6 +221,82 @@ def _section(folder, m, section: str, fields: tuple[str, ...], negate: bool, par
             data = f.read(length)
         return [_literal(data)]
     return [f"{{{length}}}\r\n".encode(), (f, length)]
+
+
+def _part_at(info: mime.MessageInfo, section: str) -> mime.Part | None:
+    """The MIME part an IMAP part number names (RFC 3501 6.4.5)."""
+    node = info.root
+    for num in section.split("."):
+        n = int(num)
+        if node.maintype == "message" and node.subtype == "rfc822" and node.children:
+            node = node.children[0]
+        if node.maintype == "multipart":
+            if not 1 <= n <= len(node.children):
+                return None
+            node = node.children[n - 1]
+        elif n != 1:
+            return None
+    return node
+
+
+def _binary(folder, m, section: str, partial, info, size_only: bool = False):
+    """BINARY[section]: the part with its Content-Transfer-Encoding undone
+    (RFC 3516), decoded in chunks into a spool that stays small in memory."""
+    import base64
+    import binascii
+    import tempfile
+
+    if section == "":
+        start, end, encoding = 0, m.size, "8BIT"
+    else:
+        part = _part_at(info, section)
+        if part is None:
+            return 0 if size_only else [b"NIL"]
+        start, end = mime.section_range(info, section)
+        encoding = "8BIT" if part.maintype in ("multipart", "message") else part.encoding.upper()
+    if encoding not in ("7BIT", "8BIT", "BINARY", "BASE64", "QUOTED-PRINTABLE"):
+        raise No(f"cannot decode Content-Transfer-Encoding {encoding[:30]}", "UNKNOWN-CTE")
+    spool = tempfile.SpooledTemporaryFile(max_size=1 << 20)
+    pending = b""
+    with folder.open_range(m.uid, start) as f:
+        left = end - start
+        while left > 0:
+            chunk = f.read(min(1 << 16, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            if encoding == "BASE64":
+                pending += b"".join(chunk.split())
+                cut = len(pending) - len(pending) % 4
+                try:
+                    spool.write(base64.b64decode(pending[:cut]))
+                except binascii.Error:
+                    raise No("the part's base64 is damaged", "UNKNOWN-CTE") from None
+                pending = pending[cut:]
+            elif encoding == "QUOTED-PRINTABLE":
+                pending += chunk
+                cut = pending.rfind(b"\n") + 1
+                spool.write(binascii.a2b_qp(pending[:cut]))
+                pending = pending[cut:]
+            else:
+                spool.write(chunk)
+    if pending:
+        spool.write(binascii.a2b_qp(pending) if encoding == "QUOTED-PRINTABLE" else base64.b64decode(pending + b"=" * (-len(pending) % 4)))
+    length = spool.tell()
+    if size_only:
+        spool.close()
+        return length
+    offset = 0
+    if partial is not None:
+        offset = min(partial[0], length)
+        length = length - offset if partial[1] is None else min(partial[1], length - offset)
+    spool.seek(offset)
+    head = f"~{{{length}}}\r\n".encode()  # literal8: the data may hold NUL
+    if length <= INLINE_LIMIT:
+        data = spool.read(length)
+        spool.close()
+        return [head + data]
+    return [head, (spool, length)]
 
 
 def _slice(data: bytes, partial) -> bytes:
