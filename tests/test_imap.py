@@ -431,3 +431,56 @@ def test_append_literal8(server: ImapServer, user: str) -> None:
     reply = read_until(s, b"d OK")
     assert b"BINARY[] ~{%d}\r\n" % len(body) + body in reply
     s.close()
+
+
+def test_slow_reader_does_not_stall_others_or_grow_memory(server: ImapServer, user: str) -> None:
+    """A client that asks for 60 MB and reads nothing: memory stays bounded,
+    other sessions are served meanwhile."""
+    mb = server.mailbox(user)
+    inbox = mb.folder("INBOX")
+    big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 200  # 200 KB: sent inline
+    for _ in range(300):
+        inbox.deliver(io.BytesIO(big))
+    s = raw_tls(server)
+    read_until(s, b"\r\n")
+    s.sendall(f"a LOGIN {user} {PASSWORD}\r\nb SELECT INBOX\r\n".encode())
+    read_until(s, b"b OK")
+    before = server.rss_kb()
+    s.sendall(b"c FETCH 1:* BODY.PEEK[]\r\n")  # and never read
+    time.sleep(3)
+    other = server.connect(user)
+    assert other.select("INBOX")[1] == [b"300"]
+    other.logout()
+    grown = server.rss_kb() - before
+    s.close()
+    assert grown < 30 * 1024, grown
+
+
+def test_small_extensions(server: ImapServer, user: str) -> None:
+    from tests.conftest import run_cli
+
+    run_cli("user", "quota", user, "--bytes", "10M", "--messages", "1000", config=server.config)
+    c = server.connect(user)
+    for _ in range(3):
+        c.append("INBOX", None, None, MSG)
+    imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED"))
+    typ, data = c._simple_command("ID", '("name" "pytest")')
+    assert typ == "OK" and b'"mailstack"' in c.untagged_responses["ID"][0]
+    c._simple_command("NAMESPACE")
+    assert c.untagged_responses["NAMESPACE"] == [b'(("" "/")) NIL NIL']
+    c._simple_command("GETQUOTAROOT", "INBOX")
+    assert c.untagged_responses["QUOTA"][-1] == f'"" (STORAGE {3 * len(MSG) // 1024} 10240 MESSAGE 3 1000)'.encode()
+    c.select("INBOX", readonly=True)
+    typ, data = c.store("1", "+FLAGS", "(\\Seen)")
+    assert typ == "NO"
+    c.state = "SELECTED"
+    typ, data = c._simple_command("UNSELECT")
+    assert typ == "OK"
+    c.select("INBOX")
+    typ, data = c._simple_command("SEARCH", "RETURN", "(MIN MAX COUNT ALL)", "ALL")
+    assert c.untagged_responses["ESEARCH"][-1].endswith(b"MIN 1 MAX 3 ALL 1:3 COUNT 3")
+    typ, data = c._simple_command("UID", "SEARCH", "RETURN", "(COUNT)", "UNSEEN")
+    assert c.untagged_responses["ESEARCH"][-1].endswith(b"UID COUNT 3")
+    typ, data = c._simple_command("LIST", "(SUBSCRIBED)", '""', "*")
+    assert all(b"\\Subscribed" in x for x in c.untagged_responses["LIST"])
+    c.logout()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .session import Session
 
 BATCH = 200
+BATCH_BYTES = 4 << 20  # at most this much response held in memory per batch
 INLINE_LIMIT = 256 * 1024  # larger bodies are streamed from the file
 _NEEDS_INFO = {"ENVELOPE", "BODYSTRUCTURE", "BODY"}
 
@@ -90,9 +91,12 @@ async def _fetch(self: Session, cmd: p.Command, by_uid: bool) -> Any:
     if sets_seen and "FLAGS" not in {a.name for a in attrs}:
         attrs.append(p.FetchAttr("FLAGS", original="FLAGS"))
     utf8 = "UTF8=ACCEPT" in self.enabled
-    for i in range(0, len(uids), BATCH):
+    i = 0
+    while i < len(uids):
         batch = uids[i : i + BATCH]
-        segments = await self.io.blocking(_fetch_batch, self, batch, attrs, sets_seen, utf8)
+        segments, done = await self.io.blocking(_fetch_batch, self, batch, attrs, sets_seen, utf8)
+        i += done
+        await self.io.drain()  # a client that does not read makes us wait, not buffer
         for seg in segments:
             if isinstance(seg, bytes):
                 self.io.write(seg)
@@ -119,16 +123,23 @@ def _fetch_batch(self: Session, uids: list[int], attrs: list[p.FetchAttr], sets_
     needs_info = needs_info or any(a.section for a in attrs)
     infos = folder.infos(uids) if needs_info else {}
     out: list = []
+    held = 0
+    done = 0
     for uid in uids:
+        done += 1
         m = view.messages.get(uid)
         seq = view.seq_of(uid)
         if m is None or seq is None:
             continue
         try:
-            out += _fetch_one(self, folder, m, seq, attrs, infos.get(uid), utf8)
+            parts = _fetch_one(self, folder, m, seq, attrs, infos.get(uid), utf8)
         except MessageGone:
             continue  # expunged by another session meanwhile: it will be announced
-    return _merge(out)
+        out += parts
+        held += sum(len(x) for x in parts if isinstance(x, bytes))
+        if held > BATCH_BYTES:
+            break  # the rest in the next batch: memory stays bounded
+    return _merge(out), done
 
 
 def _fetch_one(self: Session, folder, m, seq: int, attrs: list[p.FetchAttr], info, utf8: bool) -> list:

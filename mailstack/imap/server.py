@@ -29,6 +29,7 @@ from .session import ListenerInfo, Session
 
 log = logging.getLogger("mailstack.imap")
 CHUNK = 1 << 16
+DRAIN_ABOVE = 1 << 20  # bytes waiting for a slow client before FETCH pauses
 _IDS = itertools.count(1)
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _USERS: dict[str, int] = {}  # logged-in sessions per login, across listeners
@@ -157,6 +158,22 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
     def write(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
+
+    def _buffered(self) -> int:
+        """Bytes written to the TCP transport and not yet sent to the client."""
+        t = self.transport
+        for _ in range(4):  # under TLS, the TCP transport is below the TLS layer
+            if t is None or hasattr(t, "dataBuffer"):
+                break
+            t = getattr(t, "transport", None)
+        if t is None:
+            return 0
+        return len(getattr(t, "dataBuffer", b"")) - getattr(t, "offset", 0) + getattr(t, "_tempDataLen", 0)
+
+    async def drain(self) -> None:
+        """Wait while the client reads slower than we write (bounded buffering)."""
+        while self.transport is not None and self.session is not None and self._buffered() > DRAIN_ABOVE:
+            await self.sleep(0.01)
 
     def stream(self, f: BinaryIO, length: int) -> defer.Deferred:
         prod = _FileProducer(self.transport, f, length)
