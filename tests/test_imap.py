@@ -484,3 +484,23 @@ def test_small_extensions(server: ImapServer, user: str) -> None:
     typ, data = c._simple_command("LIST", "(SUBSCRIBED)", '""', "*")
     assert all(b"\\Subscribed" in x for x in c.untagged_responses["LIST"])
     c.logout()
+
+
+def test_utf8_accept(server: ImapServer, user: str) -> None:
+    s = raw_tls(server)
+    read_until(s, b"\r\n")
+    s.sendall(f"a LOGIN {user} {PASSWORD}\r\nb ENABLE UTF8=ACCEPT\r\n".encode())
+    assert b"* ENABLED UTF8=ACCEPT" in read_until(s, b"b OK")
+    s.sendall('c CREATE "Réunions/été"\r\n'.encode())
+    assert b"c OK" in read_until(s, b"c ")
+    body = "Subject: réunion\r\n\r\nà bientôt\r\n".encode()
+    s.sendall('d APPEND "Réunions/été" UTF8 (~{%d}\r\n'.encode() % len(body))
+    assert read_until(s, b"\r\n").startswith(b"+")
+    s.sendall(body + b")\r\n")
+    assert b"d OK [APPENDUID" in read_until(s, b"d ")
+    s.sendall(b'e LIST "" "R*"\r\n')
+    assert '"Réunions/été"'.encode() in read_until(s, b"e OK")
+    s.close()
+    c = server.connect(user)  # without UTF8=ACCEPT: modified UTF-7
+    assert b"R&AOk-unions/&AOk-t&AOk-" in b" ".join(c.list('""', "R*")[1])
+    c.logout()

@@ -191,8 +191,11 @@ class Session:
 
     def _literal_pending(self, ev: p.LiteralPending) -> None:
         """Decide what to do with an announced literal before its bytes arrive."""
+        prefix = ev.prefix
+        if prefix.rstrip().upper().endswith(b"UTF8 ("):  # RFC 6855: APPEND ... UTF8 (~{n})
+            prefix = prefix.rstrip()[:-1]
         try:
-            head = p.tokenize([ev.prefix])
+            head = p.tokenize([prefix])
         except p.ParseError:
             head = []
         is_append = len(head) >= 3 and isinstance(head[1], p.Atom) and head[1].upper() == "APPEND"
