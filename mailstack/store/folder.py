@@ -86,6 +86,9 @@ class Folder:
         self._keywords_table: list[str | None] = []
         self._flag_cache: dict[str, frozenset[str]] = {}
         self._keywords_loaded = False
+        self._fds: dict[str, int] = {}
+        self._fds_pid = os.getpid()
+        self._mutex = threading.Lock()
         self.index = self._open_index()
 
     @property
@@ -117,6 +120,49 @@ class Folder:
 
     def close(self) -> None:
         self.index.close()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def _fd(self, name: str) -> int:
+        """A descriptor kept open for this folder (the lock file, new/, cur/),
+        opened again in a forked child."""
+        if self._fds_pid != os.getpid():
+            self._fds, self._fds_pid = {}, os.getpid()
+        fd = self._fds.get(name)
+        if fd is None:
+            if name == uidlist.FLOCK:
+                fd = os.open(self.path / name, os.O_RDWR | os.O_CREAT, 0o600)
+            else:
+                fd = os.open(self.path / name, os.O_RDONLY | os.O_DIRECTORY)
+            self._fds[name] = fd
+        return fd
+
+    def _lock(self) -> uidlist.FolderLock:
+        return uidlist.FolderLock(self.path, fd=self._fd(uidlist.FLOCK), mutex=self._mutex)
+
+    def _fsync_dir(self, sub: str) -> None:
+        os.fsync(self._fd(sub))
+
+    def _uidlist_fd(self) -> int | None:
+        """The uid list kept open for appends (it may be replaced: append() checks)."""
+        if self._fds_pid != os.getpid():
+            self._fds, self._fds_pid = {}, os.getpid()
+        fd = self._fds.get(uidlist.UIDLIST)
+        if fd is not None:
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path / uidlist.UIDLIST).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+            del self._fds[uidlist.UIDLIST]
+        try:
+            fd = os.open(self.path / uidlist.UIDLIST, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return None
+        self._fds[uidlist.UIDLIST] = fd
+        return fd
 
     # -- sync ----------------------------------------------------------------------------
 
@@ -194,7 +240,7 @@ class Folder:
             unknown = [b for b in files if ul is None or b not in ul.uids]
             in_new = [b for b, (sub, _, _) in files.items() if sub == "new"]
             if ul is None or unknown or in_new:
-                with uidlist.FolderLock(self.path) as lock:
+                with self._lock() as lock:
                     ul = self._read_uidlist_locked(lock)
                     # Oldest first, so UIDs follow arrival order.
                     fresh = sorted((b for b in files if b not in ul.uids), key=_arrival)
@@ -208,7 +254,7 @@ class Folder:
                         except FileNotFoundError:
                             files.pop(b, None)
                     if entries:
-                        lock.append(ul, entries)
+                        lock.append(ul, entries, self._uidlist_fd())
                     modified = True
             self._uidlist = ul
             self._keywords = kw.read(self.path)
@@ -591,7 +637,7 @@ class Folder:
         """Rename a batch of fsynced tmp files into place and give them UIDs:
         one directory fsync and one uidlist append for the whole batch."""
         try:
-            with uidlist.FolderLock(self.path) as lock:
+            with self._lock() as lock:
                 ul = self._read_uidlist_locked(lock)
                 entries, subs = [], set()
                 for item in batch:
@@ -604,9 +650,9 @@ class Folder:
                     entries.append((item.uid, item.base))
                     subs.add(item.sub)
                 for sub in subs:
-                    fsync_dir(self.path / sub)
+                    self._fsync_dir(sub)
                 if entries:
-                    lock.append(ul, entries)
+                    lock.append(ul, entries, self._uidlist_fd())
             self._uidlist = ul
         except BaseException as e:
             for item in batch:
@@ -676,7 +722,7 @@ class Folder:
                 self.index.update_file(uid, "cur", letters, modseq)
                 changed.append(Message(uid, self.flags_of(letters), r.size, modseq))
             if changed:
-                fsync_dir(self.path / "cur")
+                self._fsync_dir("cur")
         return changed, refused
 
     def _rename_flags(self, r: Row, letters: str) -> bool:
@@ -724,7 +770,7 @@ class Folder:
                 removed.append(r.uid)
                 freed += r.psize
             if removed:
-                fsync_dir(self.path / "cur")
+                self._fsync_dir("cur")
                 self.index.delete(removed, self.index.next_modseq())
         if removed and self._quota_record:
             self._quota_record(-freed, -len(removed))
@@ -769,7 +815,7 @@ class Folder:
                 staged.append((r, tmp, base, letters))
             pairs: list[tuple[int, int]] = []
             entries: list[tuple[int, str, str, str, int, float | None]] = []
-            with uidlist.FolderLock(dest.path) as lock:
+            with dest._lock() as lock:
                 ul = dest._read_uidlist_locked(lock)
                 new_lines = []
                 for r, tmp, base, letters in staged:
@@ -785,10 +831,10 @@ class Folder:
                     pairs.append((r.uid, uid))
                     entries.append((uid, base, "cur", letters, r.size, r.psize, None))
                 if new_lines:
-                    fsync_dir(dest.path / "cur")
+                    dest._fsync_dir("cur")
                     if move and dest is not self:
-                        fsync_dir(self.path / "cur")
-                    lock.append(ul, new_lines)
+                        self._fsync_dir("cur")
+                    lock.append(ul, new_lines, dest._uidlist_fd())
             dest._uidlist = ul
         finally:
             for _, tmp, _, _ in staged:

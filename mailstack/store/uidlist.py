@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,13 @@ def read(folder: Path, previous: UidList | None = None) -> UidList | None:
     """Read the list; with ``previous``, read only what was appended since.
     Returns None if there is no list."""
     path = folder / UIDLIST
+    if previous is not None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if (st.st_ino, st.st_size, st.st_mtime_ns) == (previous.inode, previous.size, previous.mtime_ns):
+            return previous  # unchanged: no need to open it
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -141,16 +149,29 @@ def _parse_lines(ul: UidList, data: bytes, header: bool, start: int) -> None:
 class FolderLock:
     """Exclusive lock on a folder's UID list, between our processes and Dovecot."""
 
-    def __init__(self, folder: Path, timeout: float = LOCK_TIMEOUT):
+    def __init__(self, folder: Path, timeout: float = LOCK_TIMEOUT, fd: int | None = None,
+                 mutex: threading.Lock | None = None):
+        """``fd``: an open descriptor of ``mailstack.lock`` to reuse (saves an
+        open per delivery); ``mutex`` must then come with it, because threads
+        sharing one descriptor share its flock."""
         self.folder = folder
         self.timeout = timeout
         self._flock_fd: int | None = None
         self._holding_dotlock = False
         self.dotlock = folder / DOTLOCK
+        self._given_fd = fd
+        self._mutex = mutex
 
     def __enter__(self) -> FolderLock:
         deadline = time.monotonic() + self.timeout
-        fd = os.open(self.folder / FLOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        if self._mutex is not None and not self._mutex.acquire(timeout=self.timeout):
+            raise LockTimeout(f"{self.folder}: lock held too long in this process")
+        try:
+            fd = self._given_fd if self._given_fd is not None else os.open(self.folder / FLOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        except BaseException:
+            if self._mutex is not None:
+                self._mutex.release()
+            raise
         try:
             while True:
                 try:
@@ -162,7 +183,10 @@ class FolderLock:
                     time.sleep(0.002)
             self._take_dotlock(fd, deadline)
         except BaseException:
-            os.close(fd)
+            if self._given_fd is None:
+                os.close(fd)
+            if self._mutex is not None:
+                self._mutex.release()
             raise
         self._flock_fd = fd
         return self
@@ -227,11 +251,15 @@ class FolderLock:
         st = os.stat(self.folder / UIDLIST)
         ul.size, ul.inode, ul.mtime_ns = len(data), st.st_ino, st.st_mtime_ns
 
-    def append(self, ul: UidList, entries: list[tuple[int, str]]) -> None:
-        """Append new lines durably (fsync) to an existing list."""
+    def append(self, ul: UidList, entries: list[tuple[int, str]], fd: int | None = None) -> None:
+        """Append new lines durably (fsync) to an existing list.  ``fd``: an
+        open descriptor of the list to reuse, if it is still the list's file."""
         data = "".join(f"{uid} :{base}\n" for uid, base in entries).encode("utf-8", "surrogateescape")
         path = self.folder / UIDLIST
-        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        own = fd is None or os.fstat(fd).st_ino != os.stat(path).st_ino
+        if own:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        assert fd is not None
         try:
             st = os.fstat(fd)
             if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
@@ -240,7 +268,8 @@ class FolderLock:
             os.fdatasync(fd)
             st = os.fstat(fd)
         finally:
-            os.close(fd)
+            if own:
+                os.close(fd)
         if st.st_ino == ul.inode:
             ul.size, ul.mtime_ns = st.st_size, st.st_mtime_ns
 
@@ -256,7 +285,12 @@ class FolderLock:
         finally:
             if fd is not None:
                 os.pwrite(fd, b"-".ljust(24), 0)
-                os.close(fd)
+                if self._given_fd is None:
+                    os.close(fd)
+                else:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            if self._mutex is not None:
+                self._mutex.release()
 
 
 def _write_all(fd: int, data: bytes) -> None:
