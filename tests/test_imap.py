@@ -61,7 +61,6 @@ def test_plain_port_requires_starttls(server: ImapServer, user: str) -> None:
     c = imaplib.IMAP4("127.0.0.1", server.imap_port, timeout=20)
     assert "STARTTLS" in c.capabilities and "LOGINDISABLED" in c.capabilities
     assert not any(x.startswith("AUTH=") for x in c.capabilities)
-    typ, data = c._simple_command("LOGIN", user, PASSWORD) if False else ("", [])
     with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
         c.login(user, PASSWORD)
     c.starttls(ssl_context=server.context())
@@ -142,7 +141,7 @@ def test_append_select_fetch_store_search(server: ImapServer, user: str) -> None
     assert b"\\Seen" not in c.fetch("2", "(FLAGS)")[1][0]
     assert c.fetch("2", "(BODY[])")[1][0][1] == MSG.replace(b"R=C3=A9union", b"Sortie")
     assert b"\\Seen" in c.fetch("2", "(FLAGS)")[1][0]
-    assert c.search(None, "SUBJECT", "réunion".encode())[1] == [b"1"] or c.search("UTF-8", "SUBJECT", "r\xc3\xa9union")[1] == [b"1"]
+    assert c.search("UTF-8", "SUBJECT", "réunion".encode())[1] == [b"1"]
     assert c.uid("SEARCH", "FROM", "anne")[1] == [b"1 2"]
     assert c.search(None, "KEYWORD", "$Important")[1] == [b"1"]
     assert c.search(None, "NOT", "KEYWORD", "$Important")[1] == [b"2"]
@@ -280,9 +279,8 @@ def test_condstore_qresync(server: ImapServer, user: str) -> None:
     assert b"UID 2" in fetched and b"MODSEQ" in fetched and b"UID 1 " not in fetched
     typ, data = c.uid("FETCH", "1:*", "(FLAGS)", f"(CHANGEDSINCE {modseq})")
     assert b"UID 2" in b" ".join(d for d in data if isinstance(d, bytes))
-    typ, data = c.uid("STORE", "1", "+FLAGS", f"(\\Answered)") if False else ("OK", [])
-    typ, data = c._simple_command("UID", "STORE", "1", f"(UNCHANGEDSINCE {modseq - 1})", "+FLAGS", "(\\Answered)")
-    assert typ == "OK" and b"MODIFIED" in c.untagged_responses.get("OK", [b""])[-1] or True
+    typ, data = c._simple_command("UID", "STORE", "1", "(UNCHANGEDSINCE 1)", "+FLAGS", "(\\Answered)")
+    assert typ == "OK" and data[0].startswith(b"[MODIFIED 1]"), data
     c.logout()
 
 
@@ -299,8 +297,8 @@ def test_sort_and_thread(server: ImapServer, user: str) -> None:
     c.select("INBOX")
     assert c.sort("(DATE)", "UTF-8", "ALL")[1] == [b"3 1 2"]
     assert c.sort("(FROM)", "UTF-8", "ALL")[1] == [b"2 3 1"]
-    assert c.sort("(REVERSE SUBJECT)", "UTF-8", "ALL")[1][0].split()[0] in (b"1", b"2")
-    assert c.thread("REFERENCES", "UTF-8", "ALL")[1] == [b"(1 2)(3)"] or c.thread("REFERENCES", "UTF-8", "ALL")[1] == [b"(3)(1 2)"]
+    assert c.sort("(REVERSE SUBJECT)", "UTF-8", "ALL")[1] == [b"1 2 3"]  # "Conseil" twice (ties by number), then "Autre sujet"
+    assert c.thread("REFERENCES", "UTF-8", "ALL")[1] == [b"(3)(1 2)"]  # threads ordered by their first date
     c.logout()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..store import mime
@@ -825,4 +825,3 @@ def _sort_items(view, uids: list[int]) -> list:
     return items
 
 
-_ = (timedelta, MessageGone)

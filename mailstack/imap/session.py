@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import os
 import tempfile
 import time
 from collections import deque
@@ -23,8 +22,7 @@ from typing import Any, Awaitable, BinaryIO, Callable, Protocol
 from ..accounts.auth import Authenticator, AuthResult, Outcome
 from ..config import Config
 from ..mailboxes import mailbox_for
-from ..store import mime
-from ..store.folder import KeywordLimit, MessageGone, OverQuota, StoreError
+from ..store.folder import KeywordLimit, OverQuota
 from ..store.mailbox import FolderExists, Mailbox, NoSuchFolder
 from ..store.maildir import MessageTooLarge
 from ..store.names import INBOX, FolderNameError, decode_mutf7, normalize
@@ -977,4 +975,3 @@ def _parse_date_time(s: str) -> datetime:
         raise p.ParseError("invalid date-time") from None
 
 
-_ = (os, mime, MessageGone, StoreError)

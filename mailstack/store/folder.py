@@ -27,7 +27,6 @@ from .maildir import (
     CrlfReader,
     LETTER_FLAGS,
     FileName,
-    fsync_dir,
     letters_sorted,
     new_base,
     set_internal_date,
