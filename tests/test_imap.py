@@ -362,6 +362,23 @@ def test_per_user_session_limit(server: ImapServer, user: str) -> None:
         s.logout()
 
 
+def _children(pid: int) -> list[int]:
+    """Child processes, from /proc (no procps needed)."""
+    from pathlib import Path
+
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            ppid = (p / "stat").read_text().rsplit(")", 1)[-1].split()[1]
+        except OSError:
+            continue
+        if ppid == str(pid):
+            out.append(int(p.name))
+    return out
+
+
 def test_workers_share_the_port(tmp_path) -> None:
     """Two worker processes accept on the same socket; both serve the same store."""
     s = make_server(tmp_path, workers=2)
@@ -373,10 +390,7 @@ def test_workers_share_the_port(tmp_path) -> None:
         for c in clients:
             assert c.select("INBOX")[1] == [b"1"]
             c.logout()
-        import subprocess as sp
-
-        children = sp.run(["pgrep", "-P", str(s.proc.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) == 2
+        assert len(_children(s.proc.pid)) == 2
     finally:
         s.stop()
 
