@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 BATCH = 200
 BATCH_BYTES = 4 << 20  # at most this much response held in memory per batch
 INLINE_LIMIT = 256 * 1024  # larger bodies are streamed from the file
-_NEEDS_INFO = {"ENVELOPE", "BODYSTRUCTURE", "BODY"}
 
 
 # --- FETCH --------------------------------------------------------------------------------------
@@ -84,7 +83,7 @@ async def _fetch(self: Session, cmd: p.Command, by_uid: bool) -> Any:
             if gone:
                 self.io.write(b"* VANISHED (EARLIER) " + fmt.sequence_set(gone) + b"\r\n")
     sets_seen = not view.readonly and any(
-        (a.name == "BODY" and a.original.upper().startswith("BODY[") or a.name == "BINARY") and not a.peek
+        a.name in ("BODY", "BINARY") and not a.structure and not a.peek
         or a.name in ("RFC822", "RFC822.TEXT")
         for a in attrs
     )
@@ -119,8 +118,8 @@ def _fetch_batch(self: Session, uids: list[int], attrs: list[p.FetchAttr], sets_
         if unseen:
             changed, _ = folder.store(unseen, ["\\Seen"], "add")
             view.apply_local(changed)
-    needs_info = any(a.name in _NEEDS_INFO and not (a.name == "BODY" and a.original.upper().startswith("BODY[") and a.section == "") for a in attrs)
-    needs_info = needs_info or any(a.section for a in attrs)
+    # Parsed data only when asked for: BODY.PEEK[] (mbsync, offlineimap) reads the file alone.
+    needs_info = any(a.name in ("ENVELOPE", "BODYSTRUCTURE") or a.structure or a.section for a in attrs)
     infos = folder.infos(uids) if needs_info else {}
     out: list = []
     held = 0
@@ -163,7 +162,7 @@ def _fetch_one(self: Session, folder, m, seq: int, attrs: list[p.FetchAttr], inf
             parts.append(b"ENVELOPE " + fmt.envelope(_info(folder, m.uid, info).envelope, utf8=utf8))
         elif n == "BODYSTRUCTURE":
             parts.append(b"BODYSTRUCTURE " + fmt.body_structure(_info(folder, m.uid, info).root, extensible=True))
-        elif n == "BODY" and not a.original.upper().startswith(("BODY[", "BODY.PEEK[")):
+        elif a.structure:
             parts.append(b"BODY " + fmt.body_structure(_info(folder, m.uid, info).root, extensible=False))
         elif n in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
             section = {"RFC822": "", "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[n]
@@ -186,8 +185,10 @@ def _fetch_one(self: Session, folder, m, seq: int, attrs: list[p.FetchAttr], inf
 
 
 def _section_label(a: p.FetchAttr) -> str:
+    """The section as the client wrote it (field names keep their case)."""
     m = re.search(r"\[(.*)\]", a.original, re.S)
-    return (m.group(1) if m else a.section).upper() if not a.fields else m.group(1) if m else a.section
+    label = m.group(1) if m else a.section
+    return label if a.fields else label.upper()
 
 
 def _info(folder, uid: int, info):
@@ -195,16 +196,14 @@ def _info(folder, uid: int, info):
 
 
 def _info_lazy(folder, uid: int, info, section: str):
-    if section in ("",):
-        return None
-    return _info(folder, uid, info)
+    """Parsed data for a section; the whole message (section "") needs none."""
+    return _info(folder, uid, info) if section else None
 
 
 def _section(folder, m, section: str, fields: tuple[str, ...], negate: bool, partial, info) -> list:
     """A body section as a literal: bytes, or a (file, length) segment to stream."""
-    if section.startswith("HEADER.FIELDS") or section.split(".")[-1] in ("FIELDS",) or ".HEADER.FIELDS" in section:
-        base = section.rsplit("HEADER.FIELDS", 1)[0] + "HEADER"
-        base = base.lstrip(".") if base != "HEADER" else "HEADER"
+    if "HEADER.FIELDS" in section:  # "HEADER.FIELDS[.NOT]" or "1.2.HEADER.FIELDS[.NOT]"
+        base = section.split("HEADER.FIELDS")[0] + "HEADER"
         try:
             start, end = mime.section_range(info, base)
             with folder.open_range(m.uid, start) as f:

@@ -429,6 +429,11 @@ class FetchAttr:
     partial: tuple[int, int | None] | None = None  # <offset.length>
     original: str = ""  # as the client wrote it (the response echoes it)
 
+    @property
+    def structure(self) -> bool:
+        """Plain ``BODY``: the non-extensible BODYSTRUCTURE, not a section."""
+        return self.name == "BODY" and "[" not in self.original
+
 
 MACROS = {
     "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],

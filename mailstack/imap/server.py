@@ -25,7 +25,7 @@ from ..accounts.auth import Authenticator
 from ..accounts.directory import Directory
 from ..config import Config, Listener
 from ..tls import OpenSSLServerContext
-from .session import ListenerInfo, Session
+from .session import Session
 
 log = logging.getLogger("mailstack.imap")
 CHUNK = 1 << 16
@@ -120,7 +120,7 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
             pass
         self.setTimeout(self.factory.cfg.imap.idle_timeout)
         sid = f"i{os.getpid()}-{next(_IDS)}"
-        self.session = Session(self.factory.cfg, self.factory.auth, self, ListenerInfo(self.tls), sid, self.factory.users)
+        self.session = Session(self.factory.cfg, self.factory.auth, self, sid, self.factory.users)
         log.info("session=%s connect client=%s port=%d tls=%s", sid, self.peer, self.listener.port, self.listener.tls)
         self.session.start()
 

@@ -62,11 +62,6 @@ class Io(Protocol):
 
 
 @dataclass
-class ListenerInfo:
-    implicit_tls: bool  # 993: TLS from the first byte; 143: STARTTLS
-
-
-@dataclass
 class _Append:
     tag: str
     folder_name: str
@@ -82,14 +77,12 @@ class Session:
         cfg: Config,
         authenticator: Authenticator,
         io: Io,
-        listener: ListenerInfo,
         session_id: str,
         users: dict[str, int] | None = None,
     ):
         self.cfg = cfg
         self.auth = authenticator
         self.io = io
-        self.listener = listener
         self.id = session_id
         self.reader = p.Reader()
         self.state = "nonauth"
@@ -98,12 +91,11 @@ class Session:
         self.view: View | None = None
         self.queue: deque[p.CommandLine | tuple] = deque()
         self.busy = False
-        self.mode = "command"  # command | idle | authenticate
+        self.mode = "command"  # command | idle
         self.continuation: Callable[[bytes], Awaitable[None]] | None = None
         self.append: _Append | None = None
         self.enabled: set[str] = set()
         self.closed = False
-        self.idle_tag = ""
         self.idle_done = None
         self.current_append: _Append | None = None
         self.limit = cfg.limits.max_message_size
@@ -212,12 +204,12 @@ class Session:
                 self.io.write(b"+ Ready\r\n")
             return
         tag = ev.tag.decode("ascii", "replace")
-        problem = self._append_check(head, ev.size)
-        if problem is not None:
+        checked = self._append_check(head, ev.size)
+        if isinstance(checked, No):
             self.reader.refuse()
-            self._enqueue(("no", tag, problem[0], problem[1]))
+            self._enqueue(("no", tag, str(checked), checked.code))
             return
-        name, flags, date = problem_free = self._append_args(head)  # noqa: F841
+        name, flags, date = checked
         spool = tempfile.TemporaryFile(dir=self.cfg.storage.spool if self.cfg.storage.spool.is_dir() else None)
         self.append = _Append(tag, name, flags, date, ev.size, spool)
         self.reader.stream()
@@ -240,23 +232,24 @@ class Session:
                 raise p.ParseError("unexpected APPEND argument")
         return name, flags, date
 
-    def _append_check(self, head: list, size: int) -> tuple[str, str] | None:
+    def _append_check(self, head: list, size: int) -> tuple[str, list[str], datetime | None] | No:
+        """The APPEND's (folder, flags, date), or the refusal to send before the literal."""
         if self.state not in ("auth", "selected"):
-            return ("not logged in", "")
+            return No("not logged in")
         if size > self.limit:
-            return (f"message larger than {self.limit} bytes", "TOOBIG")
+            return No(f"message larger than {self.limit} bytes", "TOOBIG")
         try:
-            name, _, _ = self._append_args(head)
+            args = self._append_args(head)
         except (p.ParseError, FolderNameError) as e:
-            return (f"bad APPEND arguments: {e}", "")
+            return No(f"bad APPEND arguments: {e}")
         assert self.mailbox is not None
-        if not self.mailbox.exists(name):
-            return ("no such folder", "TRYCREATE")
+        if not self.mailbox.exists(args[0]):
+            return No("no such folder", "TRYCREATE")
         try:
             self.mailbox.quota.check(size, 1)
         except Exception:
-            return ("over quota", "OVERQUOTA")
-        return None
+            return No("over quota", "OVERQUOTA")
+        return args
 
     # -- dispatch -----------------------------------------------------------------------------------
 
@@ -359,8 +352,15 @@ class Session:
                 out += [f"* {s} EXPUNGE\r\n".encode() for s in up.expunged_seqs]
         if up.exists is not None:
             out.append(f"* {up.exists} EXISTS\r\n".encode())
+        out.append(self._flag_changes(up.changed))
+        if any(out):
+            self.io.write(b"".join(out))
+
+    def _flag_changes(self, messages) -> bytes:
+        """Untagged FETCH (UID FLAGS [MODSEQ]) for flag changes to announce."""
         assert self.view is not None
-        for m in up.changed:
+        out = []
+        for m in messages:
             seq = self.view.seq_of(m.uid)
             if seq is None:
                 continue
@@ -368,8 +368,7 @@ class Session:
             if "CONDSTORE" in self.enabled:
                 items.append((b"MODSEQ", f"({m.modseq})".encode()))
             out.append(fmt.fetch_response(seq, items))
-        if out:
-            self.io.write(b"".join(out))
+        return b"".join(out)
 
     def _flags(self, m) -> list[str]:
         return sorted(m.flags) + (["\\Recent"] if self.view and m.uid in self.view.recent else [])
@@ -623,11 +622,7 @@ class Session:
         gone, changed = await self.io.blocking(work)
         if gone:
             self.io.write(b"* VANISHED (EARLIER) " + fmt.sequence_set(gone) + b"\r\n")
-        for m in changed:
-            seq = view.seq_of(m.uid)
-            if seq:
-                items = [(b"UID", str(m.uid).encode()), (b"FLAGS", fmt.flag_list(self._flags(m))), (b"MODSEQ", f"({m.modseq})".encode())]
-                self.io.write(fmt.fetch_response(seq, items))
+        self.io.write(self._flag_changes(changed))  # QRESYNC implies CONDSTORE: with MODSEQ
 
     async def cmd_CREATE(self, cmd: p.Command):
         if not cmd.args:
@@ -714,8 +709,8 @@ class Session:
                 raise Bad("invalid LIST options")
             return_opts = args[3]
         want_status = None
-        want_children = "CHILDREN" in [str(x).upper() for x in return_opts if isinstance(x, p.Atom)]
-        want_special = "SPECIAL-USE" in [str(x).upper() for x in return_opts if isinstance(x, p.Atom)] or not return_opts
+        returns = {str(x).upper() for x in return_opts if isinstance(x, p.Atom)}
+        want_special = "SPECIAL-USE" in returns or not return_opts
         for i, x in enumerate(return_opts):
             if isinstance(x, p.Atom) and x.upper() == "STATUS" and i + 1 < len(return_opts):
                 want_status = [str(s).upper() for s in return_opts[i + 1]]
@@ -747,7 +742,7 @@ class Session:
             if not info.selectable:
                 attrs.append("\\Noselect" if lsub else "\\NonExistent" if "SUBSCRIBED" in select_opts else "\\Noselect")
             attrs.append("\\HasChildren" if info.has_children else "\\HasNoChildren")
-            if info.subscribed and ("SUBSCRIBED" in select_opts or "SUBSCRIBED" in [str(x).upper() for x in return_opts]):
+            if info.subscribed and ("SUBSCRIBED" in select_opts or "SUBSCRIBED" in returns):
                 attrs.append("\\Subscribed")
             if info.special_use and (want_special or special_only):
                 attrs.append(info.special_use)
@@ -755,7 +750,6 @@ class Session:
             out.append(f"* {kind} ({' '.join(attrs)}) \"/\" ".encode() + self._name(info.name) + b"\r\n")
             if want_status and info.selectable:
                 out.append(await self._status_line(info.name, want_status))
-        del want_children
         self.io.write(b"".join(out))
 
     async def cmd_STATUS(self, cmd: p.Command):
@@ -964,7 +958,6 @@ def _pattern(pattern: str):
     return re.compile("^" + rx + "$")
 
 
-_MONTHS = {m: i for i, m in enumerate(["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1)}
 
 
 def _parse_date_time(s: str) -> datetime:
