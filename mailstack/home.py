@@ -7,7 +7,6 @@ configuration are relative to it, so a home can be moved as a whole.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from . import config as config_mod
 from .accounts import db
 from .accounts.directory import write_secret
+from .files import write_atomic
 from .tls import make_self_signed
 
 CONFIG_NAME = "mailstack.toml"
@@ -153,7 +153,7 @@ def init_home(home: Path, domain: str, hostname: str | None = None, dev: bool = 
             engine.dispose()
         if db_file.exists():
             db_file.chmod(0o600)  # password hashes and personal data
-        _write_atomic(cfg_path, text)
+        write_atomic(cfg_path, text)
     except BaseException:
         for p in reversed(created):
             if p.is_dir():
@@ -173,12 +173,3 @@ def _is_ip(s: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

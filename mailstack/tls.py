@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import ssl
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .config import TlsConfig
+from .files import write_atomic
 
 
 class TlsError(Exception):
@@ -72,20 +72,8 @@ def make_self_signed(hostname: str, cert_path: Path, key_path: Path, days: int =
     )
     key_path.parent.mkdir(parents=True, exist_ok=True)
     cert_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(key_path, key_pem)
+    write_atomic(key_path, key_pem, 0o600)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing file
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def server_context(cfg: TlsConfig) -> ssl.SSLContext:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import sys
 from pathlib import Path
 
 from mailstack.accounts.directory import Directory
-from mailstack.cli import DAEMON_COMMANDS
 from mailstack.accounts.passwords import PolicyError, check_policy
+from mailstack.cli import DAEMON_COMMANDS
 from mailstack.config import load
+from mailstack.files import write_atomic
 from mailstack.home import init_home
 
 DOMAIN = "ac-normandie.test"
@@ -39,9 +39,7 @@ def main(home: Path) -> None:
             info = directory.add_user(first, last, password=pw)
             lines.append(f"{info.login} {info.address} {pw}")
         directory.engine.dispose()
-        fd = os.open(accounts_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        write_atomic(accounts_file, "\n".join(lines) + "\n", 0o600)
     cfg = load(home / "mailstack.toml")
     ports = {(x.tls, x.port) for x in cfg.imap.listeners} | {(x.kind + x.tls, x.port) for x in cfg.smtp.listeners}
     port = dict(ports)

@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
+
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..config import Config
+from ..files import write_atomic
 from . import db
-from .identity import IdentityError, base_login, homonym_login, name_part, normalize_login
+from .identity import (
+    IdentityError,
+    base_login,
+    homonym_login,
+    name_part,
+    normalize_login,
+)
 from .models import Account, AccountState, Alias, AliasTarget, utcnow
 from .passwords import Hasher, PolicyError, check_policy
 from .throttle import Throttle, ip_key
@@ -121,9 +128,7 @@ def load_secret(path: Path) -> bytes:
 
 
 def write_secret(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
+    write_atomic(path, secrets.token_hex(32) + "\n", 0o600)
 
 
 class Directory:

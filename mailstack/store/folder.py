@@ -19,13 +19,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, NamedTuple
 
+from ..files import write_atomic
 from . import keywords as kw
 from . import mime, uidlist
 from .index import Index, IndexCorrupt, Row, clock_modseq
 from .maildir import (
     FLAG_LETTERS,
-    CrlfReader,
     LETTER_FLAGS,
+    CrlfReader,
     FileName,
     letters_sorted,
     new_base,
@@ -973,9 +974,7 @@ def _new_uidvalidity(maildir: Path, previous: str | None) -> int:
     except (FileNotFoundError, ValueError):
         stored = 0
     v = max(int(time.time()), stored, int(previous) + 1 if previous else 0)
-    tmp = counter.with_name(f".{counter.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{v + 1:x}")
-    os.replace(tmp, counter)
+    write_atomic(counter, f"{v + 1:x}")
     return v
 
 

@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import write_atomic
 from . import names
 from .folder import Folder, OverQuota
 from .names import INBOX, FolderNameError
@@ -179,7 +180,7 @@ class Mailbox:
         except FileNotFoundError:
             lines = []
         lines = [ln for ln in lines if ln.partition(" ")[2] != name] + [f"{use} {name}"]
-        _atomic_write(path, "\n".join(lines) + "\n")
+        write_atomic(path, "\n".join(lines) + "\n")
 
     def delete(self, name: str) -> None:
         """Delete a folder and its messages (its children stay, as in Dovecot)."""
@@ -261,16 +262,7 @@ class Mailbox:
         # Dovecot 2.3's format: a version line, an empty line, then one
         # name per line with the hierarchy separator written as a TAB.
         body = "".join(s.replace(names.SEPARATOR, "\t") + "\n" for s in dict.fromkeys(subs))
-        _atomic_write(self.path / SUBSCRIPTIONS, "V\t2\n\n" + body)
+        write_atomic(self.path / SUBSCRIPTIONS, "V\t2\n\n" + body)
 
     def usage(self) -> Usage:
         return self.quota.usage()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

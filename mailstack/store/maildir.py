@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
+from ..files import write_all
+
 # IMAP system flag <-> Maildir letter.  Maildir's P (passed) has no IMAP
 # flag: like Dovecot we keep it in file names but do not show it, and
 # $Forwarded is an ordinary keyword.
@@ -97,12 +99,12 @@ def write_crlf(stream: BinaryIO | Iterable[bytes], fd: int, limit: int | None = 
         written += len(chunk)
         if limit is not None and written > limit:
             raise MessageTooLarge(limit)
-        _write_all(fd, chunk)
+        write_all(fd, chunk)
     if pending_cr:
         written += 2
         if limit is not None and written > limit:
             raise MessageTooLarge(limit)
-        _write_all(fd, b"\r\n")
+        write_all(fd, b"\r\n")
     return written
 
 
@@ -115,13 +117,6 @@ def _chunks(stream: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
             yield chunk
     else:
         yield from stream  # type: ignore[misc]
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 class CrlfReader(io.RawIOBase):
@@ -154,14 +149,6 @@ class CrlfReader(io.RawIOBase):
     def close(self) -> None:
         self._f.close()
         super().close()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def set_internal_date(path: Path, when: datetime | float | None) -> None:

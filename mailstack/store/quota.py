@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import write_atomic
 from .maildir import FileName
 
 MAILDIRSIZE = "maildirsize"
@@ -113,8 +114,6 @@ class Quota:
                             total_m += 1
                 except FileNotFoundError:
                     continue
-        tmp = self.maildir / "tmp" / f"maildirsize.{os.getpid()}.{time.monotonic_ns()}"
-        tmp.parent.mkdir(mode=0o700, exist_ok=True)
-        tmp.write_text(f"{self._limits_line()}\n{total_b} {total_m}\n")
-        os.replace(tmp, self.path)
+        (self.maildir / "tmp").mkdir(mode=0o700, exist_ok=True)
+        write_atomic(self.path, f"{self._limits_line()}\n{total_b} {total_m}\n", tmp_dir=self.maildir / "tmp")
         return Usage(total_b, total_m, self.bytes_limit, self.messages_limit)

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import write_all
+
 UIDLIST = "dovecot-uidlist"
 DOTLOCK = UIDLIST + ".lock"
 FLOCK = "mailstack.lock"
@@ -241,7 +243,7 @@ class FolderLock:
         data = ul.render(keep)
         fd = os.open(self.dotlock, os.O_WRONLY | os.O_TRUNC)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -264,7 +266,7 @@ class FolderLock:
             st = os.fstat(fd)
             if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
                 data = b"\n" + data  # a torn line from a crash: start a fresh one
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fdatasync(fd)
             st = os.fstat(fd)
         finally:
@@ -292,8 +294,3 @@ class FolderLock:
             if self._mutex is not None:
                 self._mutex.release()
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
