@@ -24,6 +24,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/auth.py
 	$(PY) bench/store.py
 	$(PY) bench/imap.py
+	$(PY) bench/smtp.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache *.egg-info

@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port, process_tree, pss_kb, wait_port  # noqa: E402
 from mailstack.config import load  # noqa: E402
 from mailstack.home import init_home  # noqa: E402
 from mailstack.store.mailbox import Store  # noqa: E402
@@ -42,12 +43,6 @@ USER = "bench.user"
 PASSWORD = "Correct#horse9"
 MSG = (b"From: Anne Martin <anne.martin@bench.test>\r\nTo: bench.user@bench.test\r\nSubject: Conseil de classe\r\n"
        b"Date: Tue, 24 Nov 2026 10:00:00 +0100\r\nMessage-ID: <x@bench.test>\r\n\r\n") + b"Lorem ipsum dolor sit amet.\r\n" * 170
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- servers -----------------------------------------------------------------------------------
@@ -135,44 +130,6 @@ default_client_limit = 4000
 
     def pids(self) -> list[int]:
         return process_tree(self.h._proc.pid) if self.h._proc else []
-
-
-def process_tree(root: int) -> list[int]:
-    """A process and all its descendants (IMAP workers, Dovecot's imap processes)."""
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
-    children: dict[int, list[int]] = {}
-    for line in out.splitlines():
-        pid, ppid = map(int, line.split())
-        children.setdefault(ppid, []).append(pid)
-    found, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo += children.get(p, [])
-    return found
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def pss_kb(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
 
 
 # --- clients ------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from . import __version__
 from .config import Config, ConfigError, default_path, load
 
 # Daemon commands that exist; ``serve`` starts these (see daemon.py).
-DAEMON_COMMANDS: tuple[str, ...] = ("imapd",)
+DAEMON_COMMANDS: tuple[str, ...] = ("imapd", "smtpd")
 
 
 class UsageError(Exception):
@@ -281,6 +281,16 @@ def cmd_imapd(args: argparse.Namespace, cfg: Config) -> int:
     return run(cfg)
 
 
+def cmd_smtpd(args: argparse.Namespace, cfg: Config) -> int:
+    from .daemon import setup_logging
+
+    setup_logging(cfg.server.log_level, "smtpd")
+    _directory(cfg).engine.dispose()  # refuse to start on a missing or old schema
+    from .smtp.server import run
+
+    return run(cfg)
+
+
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     from .daemon import serve, setup_logging
 
@@ -366,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd(sub, "serve", cmd_serve, "run every configured daemon in the foreground")
     cmd(sub, "imapd", cmd_imapd, "run the IMAP daemon in the foreground (systemd: mailstack-imapd.service)")
+    cmd(sub, "smtpd", cmd_smtpd, "run the SMTP daemon in the foreground (systemd: mailstack-smtpd.service)")
     return p
 
 

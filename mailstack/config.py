@@ -138,6 +138,13 @@ class ImapConfig:
 @dataclass(frozen=True)
 class SmtpConfig:
     enabled: bool = opt(True)
+    timeout: int = opt(300, _between(5, 3600), "seconds without a byte from the client before it is disconnected")
+    max_recipients: int = opt(100, _between(1, 100000), "recipients per message")
+    max_errors: int = opt(20, _between(1, 1000), "error replies in one session before it is closed")
+    max_per_address: int = opt(20, _between(1, 100000), "connections from one client address")
+    max_connections: int = opt(2000, _between(1, 1000000), "connections per worker")
+    max_transfers: int = opt(50, _between(1, 10000), "messages in transit at once per worker (DATA/BDAT)")
+    workers: int = opt(0, _between(0, 64), "processes accepting connections; 0 = one per CPU")
     listeners: list[SmtpListener] = opt(
         [
             SmtpListener("submission", "0.0.0.0", 587, "starttls"),

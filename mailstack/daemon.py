@@ -13,13 +13,24 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Protocol, Sequence, TypeVar
 
 from .config import Config
 
 log = logging.getLogger("mailstack.serve")
+
+
+class _Bindable(Protocol):
+    address: str
+    port: int
+
+
+L = TypeVar("L", bound=_Bindable)
 
 MAINTENANCE_INTERVAL = 3600.0
 STOP_GRACE = 10.0
@@ -145,3 +156,83 @@ class Supervisor:
 
 def serve(cfg: Config, config_path: Path) -> int:
     return asyncio.run(Supervisor(cfg, config_path).run())
+
+
+# --- what both daemons share: sockets bound before forking, and the workers --------------
+
+
+def bind_listeners(listeners: Sequence[L]) -> list[tuple[socket.socket, L]] | None:
+    """Bind every listener before the workers fork, so each worker accepts on
+    the same sockets; None (after one log line) if one cannot be bound."""
+    socks = []
+    for listener in listeners:
+        family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((listener.address, listener.port))
+            sock.listen(1024)
+        except OSError as e:
+            log.error("cannot listen on %s port %d: %s", listener.address, listener.port, e.strerror)
+            sock.close()
+            for s, _ in socks:
+                s.close()
+            return None
+        sock.setblocking(False)
+        socks.append((sock, listener))
+    return socks
+
+
+def supervise(workers: int, run_worker: Callable[[], int]) -> int:
+    """Run ``run_worker`` in ``workers`` processes (0 = one per CPU; 1 = in this
+    one): fork them before any event loop exists, restart one that dies
+    unexpectedly, stop them all on SIGTERM/SIGINT."""
+    workers = workers or (os.cpu_count() or 1)
+    if workers == 1:
+        return run_worker()
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
+                code = run_worker()
+            except BaseException:
+                log.exception("worker pid=%d failed", os.getpid())
+            finally:
+                os._exit(code)
+        children[pid] = slot
+
+    def forward(signum, frame) -> None:
+        nonlocal stopping
+        if signum != signal.SIGHUP:
+            stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for slot in range(workers):
+        spawn(slot)
+    log.info("ready workers=%d", workers)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        slot = children.pop(pid, None)
+        if slot is not None and not stopping:
+            log.error("worker pid=%d exited with status %d; starting another", pid, os.waitstatus_to_exitcode(status))
+            time.sleep(1)
+            spawn(slot)
+    return 0

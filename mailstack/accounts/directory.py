@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from .throttle import Throttle, ip_key
 _NUMEN_RE = re.compile(r"^[0-9A-Z]{13}$")
 _ADDRESS_RE = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 MAX_HOMONYMS = 10000
+log = logging.getLogger(__name__)
 
 
 class DirectoryError(Exception):
@@ -471,6 +473,34 @@ class Directory:
         for t in alias.targets:
             out |= self._expand(s, t.target, seen)
         return out
+
+    def expand_local(self, address: str) -> tuple[list[AccountInfo], list[str]] | None:
+        """What a local address reaches: (accounts, remote addresses) after
+        expanding aliases and lists, each once; None if nothing answers to it."""
+        a = address.strip().lower()
+        with self.sessions() as s:
+            finals = self._expand(s, a, set())
+            if finals == {a} and self._account_at(s, a) is None:
+                return None
+            accounts, remote = {}, []
+            for f in sorted(finals):
+                if f.rpartition("@")[2] not in self.cfg.server.domains:
+                    remote.append(f)
+                elif (acc := self._account_at(s, f)) is not None:
+                    accounts[acc.login] = AccountInfo.of(acc)
+                else:
+                    log.warning("alias target %s of %s has no account", f, a)
+            return list(accounts.values()), remote
+
+    def may_send_as(self, login: str, address: str) -> bool:
+        """An account sends as its own address, or as an alias or list that reaches it."""
+        reached = self.expand_local(address)
+        return reached is not None and any(a.login == login for a in reached[0])
+
+    @staticmethod
+    def _account_at(s: Session, address: str) -> Account | None:
+        local, _, domain = address.partition("@")
+        return s.scalar(select(Account).where(Account.login == local, Account.domain == domain))
 
 
 __all__ = [

@@ -226,22 +226,14 @@ class ImapFactory(protocol.Factory):
         return ImapProtocol(self, self.listener)
 
 
-def _listening_socket(listener: Listener) -> socket.socket:
-    """Bound before the workers fork: every worker accepts on the same socket."""
-    family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((listener.address, listener.port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
 def _worker(cfg: Config, socks: list[tuple[socket.socket, Listener]]) -> int:
     """One serving process: its own reactor, database engine and thread pool."""
     from twisted.internet import reactor
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
+    import signal
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # certificate reload on SIGHUP: issue 8
     directory = Directory(cfg)
     auth = Authenticator(directory)
     tls_context = TlsCreator(OpenSSLServerContext(cfg.tls))
@@ -264,71 +256,11 @@ def _worker(cfg: Config, socks: list[tuple[socket.socket, Listener]]) -> int:
 def run(cfg: Config) -> int:
     """Listen on every [[imap.listeners]] and serve until SIGTERM/SIGINT,
     with ``imap.workers`` processes accepting on the same sockets."""
-    from ..tls import TlsError
+    from ..daemon import bind_listeners, supervise
 
     Directory(cfg).check_schema()
-    try:
-        OpenSSLServerContext(cfg.tls)  # fail now, with one clear line, on a bad certificate
-    except TlsError:
-        raise
-    socks = []
-    for listener in cfg.imap.listeners:
-        try:
-            socks.append((_listening_socket(listener), listener))
-        except OSError as e:
-            log.error("cannot listen on %s port %d: %s", listener.address, listener.port, e.strerror)
-            return 1
-    workers = cfg.imap.workers or (os.cpu_count() or 1)
-    if workers == 1:
-        return _worker(cfg, socks)
-    return _supervise(cfg, socks, workers)
-
-
-def _supervise(cfg: Config, socks, workers: int) -> int:
-    """Fork the workers (before any reactor exists), forward signals, restart
-    a worker that dies unexpectedly, stop them all on SIGTERM/SIGINT."""
-    import signal
-    import time
-
-    children: dict[int, int] = {}
-    stopping = False
-
-    def spawn(slot: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                code = _worker(cfg, socks)
-            finally:
-                os._exit(code)
-        children[pid] = slot
-
-    def stop(signum, frame) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for slot in range(workers):
-        spawn(slot)
-    log.info("ready workers=%d", workers)
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        slot = children.pop(pid, None)
-        if slot is not None and not stopping:
-            log.error("worker pid=%d exited with status %d; starting another", pid, os.waitstatus_to_exitcode(status))
-            time.sleep(1)
-            spawn(slot)
-    return 0
+    OpenSSLServerContext(cfg.tls)  # fail now, with one clear line, on a bad certificate
+    socks = bind_listeners(cfg.imap.listeners)
+    if socks is None:
+        return 1
+    return supervise(cfg.imap.workers, lambda: _worker(cfg, socks))

@@ -1,0 +1,129 @@
+"""After the spool: put an accepted message in every local mailbox, queue the rest.
+
+Blocking (file system, fsync); the daemon runs it in a thread pool.  The
+answer is the one SMTP reply for the whole transaction, so it follows one
+rule: never lose, never duplicate.  If any copy was delivered (or any
+recipient is remote), whatever could not be delivered now goes to the durable
+queue and the answer is 250; if nothing was, the answer is an error and the
+client keeps the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from ..accounts.directory import AccountInfo
+from ..config import Config
+from ..mailboxes import limits, mailbox_for
+from ..store.folder import Folder, OverQuota, StoreError
+from .queue import Entry, Queue, Recipient
+from .spool import SpoolFile
+
+log = logging.getLogger(__name__)
+
+INBOX_CACHE = 512  # open INBOX folders kept per process (their descriptors stay open)
+
+
+@dataclass
+class Transaction:
+    """An accepted envelope and its spooled message, as filters and delivery see it."""
+
+    id: str
+    sender: str  # "" for the null sender
+    accounts: dict[str, AccountInfo]  # local recipients after alias expansion, by login
+    remote: list[str]
+    spool: SpoolFile
+    client: str = ""
+    helo: str = ""
+    login: str | None = None
+    listener: str = "mx"
+    rcpt_count: int = 0
+    results: list[str] = field(default_factory=list)  # for the log line
+
+
+class LocalDelivery:
+    def __init__(self, cfg: Config, queue: Queue):
+        self.cfg = cfg
+        self.queue = queue
+        # Idle INBOX Folder objects by account.  A Folder (its index
+        # connection) serves one thread at a time, so each delivery checks one
+        # out; deliveries to one folder still share fsyncs (group commit).
+        self._idle: OrderedDict[tuple[str, int, int], list[Folder]] = OrderedDict()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def _checkout(self, info: AccountInfo) -> tuple[tuple[str, int, int], Folder]:
+        key = (info.login, *limits(self.cfg, info))
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                self._count -= 1
+                return key, idle.pop()
+        # The index is kept in step by deliver() itself: no rescan needed.
+        return key, mailbox_for(self.cfg, info).folder("INBOX", max_age=3600)
+
+    def _checkin(self, key: tuple[str, int, int], folder: Folder) -> None:
+        with self._lock:
+            self._idle.setdefault(key, []).append(folder)
+            self._idle.move_to_end(key)
+            self._count += 1
+            while self._count > INBOX_CACHE:
+                _, folders = self._idle.popitem(last=False)
+                self._count -= len(folders)
+                for f in folders:
+                    f.close()
+
+    def deliver(self, tx: Transaction) -> str:
+        delivered: list[str] = []
+        over_quota: list[AccountInfo] = []
+        failed: list[AccountInfo] = []
+        for info in tx.accounts.values():
+            try:
+                key, folder = self._checkout(info)
+                try:
+                    with tx.spool.open() as f:
+                        uid = folder.deliver(f)
+                finally:
+                    self._checkin(key, folder)
+                delivered.append(info.address)
+                tx.results.append(f"{info.address}:uid={uid}")
+            except OverQuota:
+                over_quota.append(info)
+                tx.results.append(f"{info.address}:over-quota")
+            except (OSError, StoreError, ValueError) as e:
+                log.error("delivery id=%s to=%s failed: %s", tx.id, info.address, e)
+                failed.append(info)
+                tx.results.append(f"{info.address}:failed")
+
+        if not delivered and not tx.remote:
+            if over_quota and not failed:
+                return "552 5.2.2 Mailbox full" if len(over_quota) == 1 else "552 5.2.2 Mailboxes full"
+            return "451 4.3.0 Local delivery failed; try again later"
+
+        later = [Recipient(i.address, True, reason="over quota" if i in over_quota else "delivery failed")
+                 for i in over_quota + failed]
+        later += [Recipient(a, False) for a in tx.remote]
+        if later:
+            try:
+                tx.spool.finish(sync=True)
+                self.queue.add(tx.spool.path, Entry(tx.id, tx.sender, later, client=tx.client))
+            except OSError as e:
+                log.error("queue id=%s failed: %s", tx.id, e)
+                if not delivered:
+                    return "451 4.3.0 Cannot queue the message; try again later"
+                # Some copies are on disk: a retry would duplicate them.  Say
+                # 250 and leave the operator a loud trace of the others.
+                log.critical("id=%s undelivered to %s", tx.id, ", ".join(r.address for r in later))
+            tx.results.append(f"queued={len(later)}")
+        return f"250 2.0.0 Ok: queued as {tx.id}"
+
+    def close(self) -> None:
+        with self._lock:
+            for folders in self._idle.values():
+                for f in folders:
+                    f.close()
+            self._idle.clear()
+            self._count = 0

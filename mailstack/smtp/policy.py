@@ -1,0 +1,141 @@
+"""Who may send what to whom, per listener: the aiosmtpd handler hooks.
+
+- submission (587, 465): AUTH first; MAIL FROM must be the account's own
+  address or an alias or list that reaches it (553 5.7.1 otherwise); local
+  recipients must exist; remote ones go to the queue.
+- mx (25): no AUTH; only addresses of our domains that reach an account,
+  alias or list (550 5.1.1 otherwise); any other domain is 554 5.7.1, so the
+  MX is never a relay, whatever the client claims.
+
+Every directory lookup runs in the server's thread pool, never on the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ..config import SmtpListener
+from ..store.quota import QuotaExceeded
+from .delivery import Transaction
+from .spool import SpoolFile, new_id, received_header
+
+if TYPE_CHECKING:
+    from .protocol import MailEnvelope, SmtpSession
+    from .server import Server
+
+log = logging.getLogger("mailstack.smtp")
+
+
+class Policy:
+    def __init__(self, server: Server, listener: SmtpListener):
+        self.server = server
+        self.cfg = server.cfg
+        self.auth = server.auth
+        self.listener = listener
+        self.submission = listener.kind == "submission"
+
+    # -- envelope (aiosmtpd hooks) -----------------------------------------------------
+
+    async def handle_MAIL(self, smtp: SmtpSession, session, envelope: MailEnvelope, address: str, options: list[str]) -> str:  # noqa: N802
+        if self.submission:
+            login = session.auth_data
+            if address == "<>" or not await self.server.run(self.server.directory.may_send_as, login, address):
+                log.warning("client=%s login=%s refused sender=%s", smtp.client_ip, login, address[:200])
+                return f"553 5.7.1 Sender address not owned by {login}"
+        for opt in options:
+            if opt.startswith("SIZE="):
+                envelope.declared_size = int(opt[5:])
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(self, smtp: SmtpSession, session, envelope: MailEnvelope, address: str, options: list[str]) -> str:  # noqa: N802
+        if len(envelope.rcpt_tos) >= self.cfg.smtp.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        if "@" not in address:
+            if address.lower() != "postmaster":  # RFC 5321 4.5.1: must be accepted without a domain
+                return "501 5.1.3 Recipient address needs a domain"
+            address = f"postmaster@{self.cfg.default_domain}"
+        domain = address.rpartition("@")[2].lower()
+        if domain not in self.cfg.server.domains:
+            if not self.submission:
+                log.warning("client=%s relay refused to=%s", smtp.client_ip, address[:200])
+                return "554 5.7.1 Relay access denied"
+            envelope.remote.append(address)
+        else:
+            reached = await self.server.run(self.server.directory.expand_local, address)
+            if reached is None:
+                return "550 5.1.1 Recipient address unknown"
+            accounts, remote = reached
+            if len(accounts) == 1 and not remote and envelope.declared_size:
+                refusal = await self.server.run(self._quota_refusal, accounts[0], envelope.declared_size)
+                if refusal:
+                    return refusal
+            for a in accounts:
+                envelope.accounts[a.login] = a
+            envelope.remote.extend(r for r in remote if r not in envelope.remote)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Recipient OK"
+
+    def _quota_refusal(self, info, size: int) -> str | None:
+        from ..mailboxes import limits, mailbox_for
+
+        if not any(limits(self.cfg, info)):
+            return None
+        try:
+            mailbox_for(self.cfg, info).quota.check(size, 1)
+        except QuotaExceeded:
+            return f"552 5.2.2 Mailbox of {info.address} is full"
+        return None
+
+    # -- the message ---------------------------------------------------------------------
+
+    def open_spool(self, smtp: SmtpSession) -> SpoolFile:
+        env, session = smtp.envelope, smtp.session
+        env.msg_id = new_id()
+        login = session.auth_data if session.authenticated else None
+        protocol = "ESMTP" if session.extended_smtp else "SMTP"
+        if session.extended_smtp:
+            protocol += ("S" if smtp.tls_active else "") + ("A" if login else "")
+        header = received_header(
+            helo=session.host_name or "",
+            client_ip=smtp.client_ip,
+            hostname=self.cfg.hostname,
+            protocol=protocol,
+            msg_id=env.msg_id,
+            recipient=env.rcpt_tos[0] if len(env.rcpt_tos) == 1 else None,
+            tls=smtp.tls_description(),
+            login=login,
+        )
+        return SpoolFile(self.server.incoming, env.msg_id, header, self.cfg.limits.max_message_size)
+
+    async def accept(self, smtp: SmtpSession, spool: SpoolFile) -> str:
+        """The whole message is spooled: filter it, deliver it, answer for it."""
+        env, session = smtp.envelope, smtp.session
+        tx = Transaction(
+            id=env.msg_id,
+            sender="" if env.mail_from == "<>" else env.mail_from,
+            accounts=dict(env.accounts),
+            remote=list(env.remote),
+            spool=spool,
+            client=smtp.client_ip,
+            helo=session.host_name or "",
+            login=session.auth_data if session.authenticated else None,
+            listener=self.listener.kind,
+            rcpt_count=len(env.rcpt_tos),
+        )
+        try:
+            spool.finish()
+            # Issue 7 plugs the antivirus/antispam filters in here, between the
+            # spool and delivery: one verdict per message, for both listeners.
+            status = await self.server.run(self.server.delivery.deliver, tx)
+        finally:
+            spool.discard()  # delivered copies and the queue have their own links
+        log.info(
+            "message id=%s listener=%s client=%s login=%s from=<%s> rcpts=%d size=%d status=%s %s",
+            tx.id, tx.listener, tx.client, tx.login or "-", tx.sender[:200], tx.rcpt_count, spool.size,
+            status[:3], " ".join(tx.results),
+        )
+        return status

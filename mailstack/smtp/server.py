@@ -1,0 +1,175 @@
+"""The SMTP daemon (`mailstack smtpd`): listeners, per-process limits, signals.
+
+Sockets are bound once, then ``smtp.workers`` processes each run an asyncio
+loop accepting on all of them (like the IMAP daemon).  SIGHUP reloads the
+certificate for new connections; SIGTERM stops accepting, lets transfers in
+flight finish for a few seconds, then closes the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.sslproto
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from ..accounts.auth import Authenticator
+from ..accounts.directory import Directory
+from ..config import Config, SmtpListener
+from ..tls import server_context
+from .delivery import LocalDelivery
+from .policy import Policy
+from .protocol import SmtpSession
+from .queue import Queue
+from .spool import clear_incoming
+
+log = logging.getLogger("mailstack.smtp")
+T = TypeVar("T")
+
+# asyncio's TLS transport reads into a 256 KiB buffer it allocates (and
+# zeroes) per connection: about 290 KB for every idle TLS session.  A TLS
+# record carries at most 16 KiB of plaintext, so 32 KiB loses nothing but
+# memory; this is the documented class attribute, set for this process only.
+TLS_READ_BUFFER = 32 * 1024
+TRANSFER_WAIT = 10.0  # seconds a DATA/BDAT waits for a transfer slot
+STOP_GRACE = 10.0  # seconds transfers may take to finish on SIGTERM
+POOL_THREADS = 16  # delivery and directory lookups (fsync-bound, not CPU-bound)
+
+
+class Server:
+    """What the sessions of one worker process share."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.directory = Directory(cfg)
+        self.auth = Authenticator(self.directory)
+        self.incoming = cfg.storage.spool / "incoming"
+        self.queue = Queue(cfg.storage.spool / "queue")
+        self.delivery = LocalDelivery(cfg, self.queue)
+        self.tls_context = server_context(cfg.tls)
+        self.executor = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="smtp")
+        self.sessions: set[SmtpSession] = set()
+        self.per_address: dict[str, int] = {}
+        self.transfers = 0
+        self._slots = asyncio.Semaphore(cfg.smtp.max_transfers)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def factory(self, listener: SmtpListener) -> Callable[[], SmtpSession]:
+        policy = Policy(self, listener)
+        implicit = listener.tls == "implicit"
+        loop = asyncio.get_running_loop()
+        return lambda: SmtpSession(policy, tls_context=self.tls_context, implicit_tls=implicit, loop=loop)
+
+    # -- limits ----------------------------------------------------------------------
+
+    def open_connection(self, session: SmtpSession, address: str) -> str | None:
+        """None to accept a connection, else the 421 reply that refuses it."""
+        if len(self.sessions) >= self.cfg.smtp.max_connections:
+            return "421 4.3.2 Too many connections; try again later"
+        if self.per_address.get(address, 0) >= self.cfg.smtp.max_per_address:
+            log.warning("client=%s refused: too many connections from this address", address)
+            return "421 4.7.0 Too many connections from your address; try again later"
+        self.per_address[address] = self.per_address.get(address, 0) + 1
+        self.sessions.add(session)
+        return None
+
+    def close_connection(self, session: SmtpSession, address: str) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            n = self.per_address.get(address, 1) - 1
+            if n > 0:
+                self.per_address[address] = n
+            else:
+                self.per_address.pop(address, None)
+
+    async def acquire_transfer(self) -> bool:
+        try:
+            await asyncio.wait_for(self._slots.acquire(), TRANSFER_WAIT)
+        except TimeoutError:
+            return False
+        self.transfers += 1
+        return True
+
+    def release_transfer(self) -> None:
+        self.transfers -= 1
+        self._slots.release()
+
+    # -- signals ---------------------------------------------------------------------
+
+    def reload_tls(self) -> None:
+        """New connections get the new certificate; open ones keep theirs."""
+        tls = self.cfg.tls
+        try:
+            self.tls_context.load_cert_chain(tls.certificate, tls.key)
+        except (OSError, ValueError) as e:
+            log.error("reload: cannot load certificate %s: %s; keeping the old one", tls.certificate, e)
+            return
+        log.info("reload: certificate %s loaded", tls.certificate)
+
+    async def stop(self) -> None:
+        deadline = asyncio.get_running_loop().time() + STOP_GRACE
+        while self.transfers and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        for s in list(self.sessions):
+            if s.transport is not None:
+                s.transport.close()
+        self.executor.shutdown(wait=True)
+        self.delivery.close()
+        self.directory.engine.dispose()
+
+
+def prepare_spool(cfg: Config) -> None:
+    """Spool directories exist; transfers a crash interrupted (never acknowledged) go."""
+    incoming, queue = cfg.storage.spool / "incoming", cfg.storage.spool / "queue"
+    for d in (incoming, queue):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    n = clear_incoming(incoming) + Queue(queue).clean_orphans()
+    if n:
+        log.info("spool: removed %d unacknowledged partial messages", n)
+
+
+def _worker(cfg: Config, socks) -> int:
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+    logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd: every command at INFO, deprecations at WARNING; we log our own
+    return asyncio.run(_serve(cfg, socks))
+
+
+async def _serve(cfg: Config, socks) -> int:
+    loop = asyncio.get_running_loop()
+    server = Server(cfg)
+    listening = []
+    for sock, listener in socks:
+        tls: dict[str, Any] = {}
+        if listener.tls == "implicit":
+            tls = {"ssl": server.tls_context, "ssl_handshake_timeout": 30}
+        listening.append(await loop.create_server(server.factory(listener), sock=sock, **tls))
+        log.info("listening kind=%s address=%s port=%d tls=%s", listener.kind, listener.address, listener.port, listener.tls)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
+    log.info("ready pid=%d", os.getpid())
+    await stop.wait()
+    log.info("stopping pid=%d", os.getpid())
+    for srv in listening:
+        srv.close()
+    await server.stop()
+    return 0
+
+
+def run(cfg: Config) -> int:
+    """Listen on every [[smtp.listeners]] and serve until SIGTERM/SIGINT."""
+    from ..daemon import bind_listeners, supervise
+
+    Directory(cfg).check_schema()
+    server_context(cfg.tls)  # fail now, with one clear line (TlsError), on a bad certificate
+    prepare_spool(cfg)
+    socks = bind_listeners(cfg.smtp.listeners)
+    if socks is None:
+        return 1
+    return supervise(cfg.smtp.workers, lambda: _worker(cfg, socks))
