@@ -3,83 +3,22 @@
 from __future__ import annotations
 
 import os
-import signal
 import smtplib
-import socket
-import ssl
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import REPO, free_port, run_cli
+from tests.conftest import free_port, run_cli
+from tests.daemon_process import PASSWORD, DaemonProcess
 
 DOMAIN = "ac-normandie.test"
-PASSWORD = "Correct#horse9"
+__all__ = ["DOMAIN", "PASSWORD", "SmtpServer", "make_server"]
 
 
-@dataclass
-class SmtpServer:
-    home: Path
-    submission_port: int
-    submissions_port: int
-    mx_port: int
-    proc: subprocess.Popen | None = None
-    users: dict[str, str] = field(default_factory=dict)
+class SmtpServer(DaemonProcess):
+    command = "smtpd"
 
-    @property
-    def config(self) -> Path:
-        return self.home / "mailstack.toml"
-
-    @property
-    def cafile(self) -> Path:
-        return self.home / "tls" / "cert.pem"
-
-    @property
-    def log_path(self) -> Path:
-        return self.home / "smtpd.log"
-
-    def start(self) -> None:
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailstack", "-c", str(self.config), "smtpd"],
-            stdout=self.log, stderr=self.log, cwd=REPO, start_new_session=True,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                for port in (self.submission_port, self.submissions_port, self.mx_port):
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-        raise RuntimeError("smtpd did not start:\n" + self.log_path.read_text())
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-    def cli(self, *args: str, stdin: str | None = None) -> str:
-        r = run_cli(*args, stdin=stdin, config=self.config)
-        assert r.returncode == 0, r.stderr
-        return r.stdout
-
-    def add_user(self, prenom: str, nom: str) -> str:
-        login = self.cli("user", "add", prenom, nom, "--password-stdin", stdin=PASSWORD).splitlines()[0]
-        self.users[login] = PASSWORD
-        return login
-
-    def context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.cafile))
+    def __init__(self, home: Path, submission_port: int, submissions_port: int, mx_port: int):
+        super().__init__(home, [submission_port, submissions_port, mx_port])
+        self.submission_port, self.submissions_port, self.mx_port = submission_port, submissions_port, mx_port
 
     def mx(self) -> smtplib.SMTP:
         return smtplib.SMTP("localhost", self.mx_port, timeout=60)
@@ -105,12 +44,6 @@ class SmtpServer:
         d = self.maildir(login, folder)
         files = [p for sub in ("new", "cur") if (d / sub).is_dir() for p in (d / sub).iterdir()]
         return [p.read_bytes() for p in sorted(files, key=lambda p: p.name)]
-
-    def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
 
 
 def make_server(tmp: Path, **smtp: int) -> SmtpServer:

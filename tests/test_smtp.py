@@ -133,18 +133,15 @@ def test_mx_lists_expand_and_each_member_gets_one_copy(server: SmtpServer) -> No
 
 @pytest.mark.parametrize(
     "rcpt",
-    ["someone@example.org", "jean.dupont@example.org", "x@[127.0.0.1]", f"a%example.org@example.org",
+    ["someone@example.org", "jean.dupont@example.org", "x@[127.0.0.1]", "a%example.org@example.org",
      f"jean.dupont@{DOMAIN}.example.org", f"@{DOMAIN}:a@example.org"],
 )
 def test_mx_never_relays(server: SmtpServer, rcpt: str) -> None:
     with server.mx() as s:
         s.ehlo()
         s.mail("a@example.org")
-        code, text = s.rcpt(rcpt)
-        if rcpt.startswith("@"):  # a source route: refused by the address parser already
-            assert code == 553
-        else:
-            assert (code, text.decode()) == (554, "5.7.1 Relay access denied")
+        code, text = s.docmd("RCPT", f"TO:<{rcpt}>")  # smtplib would rewrite a source route
+        assert (code, text.decode()) == (554, "5.7.1 Relay access denied")  # a source route is ignored
 
 
 def test_mx_unknown_local_recipient_is_refused_at_rcpt(server: SmtpServer) -> None:
@@ -567,7 +564,7 @@ def test_sigterm_stops_cleanly_and_restart_clears_unacknowledged_spool(tmp_path:
     r.cmd("MAIL FROM:<a@example.org>")
     r.cmd(f"RCPT TO:<jean.dupont@{DOMAIN}>")
     r.cmd("DATA")
-    r.send(b"Subject: never finished\r\n\r\n" + b"x" * 10000)
+    r.send(b"Subject: never finished\r\n\r\n" + (b"x" * 998 + b"\r\n") * 400)  # past the in-memory part
     time.sleep(0.3)
     os.killpg(srv.proc.pid, 9)  # a crash mid-transfer
     srv.proc.wait()

@@ -138,6 +138,7 @@ class Directory:
         self.cfg = cfg
         self.engine = engine or db.make_engine(cfg.database.url)
         self.sessions = db.session_factory(self.engine)
+        self.read_sessions = db.read_session_factory(self.engine)
         self.hasher = Hasher(cfg.auth.argon2)
         self.throttle = Throttle(cfg.auth.throttle)
         self._secret: bytes | None = None
@@ -478,9 +479,12 @@ class Directory:
         """What a local address reaches: (accounts, remote addresses) after
         expanding aliases and lists, each once; None if nothing answers to it."""
         a = address.strip().lower()
-        with self.sessions() as s:
+        with self.read_sessions() as s:
+            acc = self._account_at(s, a)
+            if acc is not None:  # the common case; a login is never also an alias
+                return [AccountInfo.of(acc)], []
             finals = self._expand(s, a, set())
-            if finals == {a} and self._account_at(s, a) is None:
+            if finals == {a}:
                 return None
             accounts, remote = {}, []
             for f in sorted(finals):
@@ -491,11 +495,6 @@ class Directory:
                 else:
                     log.warning("alias target %s of %s has no account", f, a)
             return list(accounts.values()), remote
-
-    def may_send_as(self, login: str, address: str) -> bool:
-        """An account sends as its own address, or as an alias or list that reaches it."""
-        reached = self.expand_local(address)
-        return reached is not None and any(a.login == login for a in reached[0])
 
     @staticmethod
     def _account_at(s: Session, address: str) -> Account | None:

@@ -38,9 +38,10 @@ class Policy:
     # -- envelope (aiosmtpd hooks) -----------------------------------------------------
 
     async def handle_MAIL(self, smtp: SmtpSession, session, envelope: MailEnvelope, address: str, options: list[str]) -> str:  # noqa: N802
-        if self.submission:
+        if self.submission:  # the account's own address, or an alias or list reaching it
             login = session.auth_data
-            if address == "<>" or not await self.server.run(self.server.directory.may_send_as, login, address):
+            reached = None if address == "<>" else await self.server.expand_local(address)
+            if reached is None or not any(a.login == login for a in reached[0]):
                 log.warning("client=%s login=%s refused sender=%s", smtp.client_ip, login, address[:200])
                 return f"553 5.7.1 Sender address not owned by {login}"
         for opt in options:
@@ -64,7 +65,7 @@ class Policy:
                 return "554 5.7.1 Relay access denied"
             envelope.remote.append(address)
         else:
-            reached = await self.server.run(self.server.directory.expand_local, address)
+            reached = await self.server.expand_local(address)
             if reached is None:
                 return "550 5.1.1 Recipient address unknown"
             accounts, remote = reached

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope
 
 from ..accounts.auth import Outcome
+from .address import parse_path
 from .dotdata import DataDecoder
 from .replies import code_of, enhance
 from .spool import SpoolFile
@@ -150,6 +151,9 @@ class SmtpSession(SMTP):
     async def handle_exception(self, error: Exception) -> str:
         log.exception("client=%s session error", self.client_ip)
         return "451 4.3.0 Internal error; try again later"
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        return parse_path(arg)
 
     # -- greetings -------------------------------------------------------------------
 

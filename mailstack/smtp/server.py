@@ -13,11 +13,12 @@ import asyncio.sslproto
 import logging
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from ..accounts.auth import Authenticator
-from ..accounts.directory import Directory
+from ..accounts.directory import AccountInfo, Directory
 from ..config import Config, SmtpListener
 from ..tls import server_context
 from .delivery import LocalDelivery
@@ -36,7 +37,9 @@ T = TypeVar("T")
 TLS_READ_BUFFER = 32 * 1024
 TRANSFER_WAIT = 10.0  # seconds a DATA/BDAT waits for a transfer slot
 STOP_GRACE = 10.0  # seconds transfers may take to finish on SIGTERM
-POOL_THREADS = 16  # delivery and directory lookups (fsync-bound, not CPU-bound)
+POOL_THREADS = 8  # delivery and directory lookups (fsync-bound, not CPU-bound)
+LOOKUP_TTL = 10.0  # seconds a recipient lookup is reused (a new alias works within this delay)
+LOOKUP_CACHE = 10000
 
 
 class Server:
@@ -55,9 +58,24 @@ class Server:
         self.per_address: dict[str, int] = {}
         self.transfers = 0
         self._slots = asyncio.Semaphore(cfg.smtp.max_transfers)
+        self._lookups: dict[str, tuple[float, tuple[list[AccountInfo], list[str]] | None]] = {}
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def expand_local(self, address: str) -> tuple[list[AccountInfo], list[str]] | None:
+        """Directory.expand_local, remembered for LOOKUP_TTL seconds: a busy MX
+        asks for the same few thousand addresses all day."""
+        key = address.lower()
+        now = time.monotonic()
+        hit = self._lookups.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        result = await self.run(self.directory.expand_local, key)
+        if len(self._lookups) >= LOOKUP_CACHE:
+            self._lookups.clear()
+        self._lookups[key] = (now + LOOKUP_TTL, result)
+        return result
 
     def factory(self, listener: SmtpListener) -> Callable[[], SmtpSession]:
         policy = Policy(self, listener)
@@ -89,7 +107,10 @@ class Server:
 
     async def acquire_transfer(self) -> bool:
         try:
-            await asyncio.wait_for(self._slots.acquire(), TRANSFER_WAIT)
+            if self._slots.locked():
+                await asyncio.wait_for(self._slots.acquire(), TRANSFER_WAIT)
+            else:
+                await self._slots.acquire()  # free: no timer needed
         except TimeoutError:
             return False
         self.transfers += 1

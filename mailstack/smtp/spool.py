@@ -1,17 +1,21 @@
-"""Messages being received: one file each in SPOOL/incoming, written as the bytes arrive.
+"""Messages being received: written as the bytes arrive, never whole in memory.
 
-The spool file starts with our Received header, so local delivery and the
-queue both take it as it is.  It is not fsynced: the store fsyncs its own
-copy, and the queue fsyncs before it takes the file over.  Whatever is left
-in incoming/ after a crash was never acknowledged; the daemon clears it at
-start.
+A message starts in a bounded memory buffer and moves to a file in
+SPOOL/incoming once it passes ``MEMORY_LIMIT`` (or when the queue must keep
+it): most mail is small, and creating, writing and removing a file for each
+one cost the daemon more than the rest of the transaction.  The spool starts
+with our Received header, so local delivery and the queue take it as it is.
+It is not fsynced: the store fsyncs its own copy, and the queue fsyncs
+before it takes the file over.  Whatever is left in incoming/ after a crash
+was never acknowledged; the daemon clears it at start.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
 import os
 import re
-import secrets
 import time
 from datetime import datetime, timezone
 from email.utils import format_datetime
@@ -20,10 +24,14 @@ from typing import BinaryIO
 
 from ..files import write_all
 
+MEMORY_LIMIT = 256 * 1024  # per message in transit; past it, the bytes go to a file
+
+_serial = itertools.count()
+
 
 def new_id() -> str:
-    """Message and queue ID: sortable by time, unguessable, file-name safe."""
-    return f"{int(time.time() * 1000):011x}{secrets.token_hex(4)}"
+    """Message and queue ID: sortable by time, unique across processes, file-name safe."""
+    return f"{int(time.time() * 1000):011x}{os.getpid() & 0xFFFFF:05x}{next(_serial) & 0xFFFF:04x}"
 
 
 class SpoolFile:
@@ -34,8 +42,8 @@ class SpoolFile:
         self.path = directory / msg_id
         self.limit = limit
         self.size = 0  # message bytes, without our header
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        write_all(self._fd, header)
+        self._buf: bytearray | None = bytearray(header)
+        self._fd: int | None = None
 
     @property
     def too_large(self) -> bool:
@@ -47,11 +55,25 @@ class SpoolFile:
         self.size += len(data)
         if self.too_large:
             return
-        assert self._fd is not None
-        write_all(self._fd, data)
+        if self._buf is None:
+            assert self._fd is not None
+            write_all(self._fd, data)
+            return
+        self._buf += data
+        if len(self._buf) > MEMORY_LIMIT:
+            self._spill()
+
+    def _spill(self) -> None:
+        assert self._buf is not None
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_all(self._fd, self._buf)
+        self._buf = None
 
     def finish(self, sync: bool = False) -> None:
-        """Close the file for writing (fsync it first when it must outlive a crash)."""
+        """No more writes.  ``sync``: the message must outlive a crash as a file
+        at ``path`` (for the queue), so write it out and fsync it."""
+        if sync and self._buf is not None:
+            self._spill()
         if self._fd is not None:
             try:
                 if sync:
@@ -61,13 +83,17 @@ class SpoolFile:
                 self._fd = None
 
     def open(self) -> BinaryIO:
+        if self._buf is not None:
+            return io.BytesIO(self._buf)
         return open(self.path, "rb")
 
     def discard(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self.path.unlink(missing_ok=True)
+        if self._buf is None:
+            self.path.unlink(missing_ok=True)
+        self._buf = None
 
 
 def clear_incoming(directory: Path) -> int:

@@ -97,14 +97,16 @@ class Mailbox:
         except QuotaExceeded as e:
             raise OverQuota(str(e)) from None
 
-    def folder(self, name: str, max_age: float = 0.0) -> Folder:
-        """Open a folder, synced with its files (``max_age``: see Folder.sync)."""
+    def folder(self, name: str, max_age: float = 0.0, sync: bool = True) -> Folder:
+        """Open a folder, synced with its files (``max_age``: see Folder.sync);
+        ``sync=False`` for a deliverer that only drops mail in (Folder.drop)."""
         name = names.normalize(name)
         p = self._dir(name)
         if not (p / "cur").is_dir():
             raise NoSuchFolder(f"no folder {name!r}")
         f = Folder(p, name, self._quota_check, self.quota.record)
-        f.sync(max_age)
+        if sync:
+            f.sync(max_age)
         return f
 
     def exists(self, name: str) -> bool:
