@@ -69,15 +69,18 @@ def disk_rate(d: Path, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def delivery_rate(root: Path, n: int, threads: int = 1, distinct: bool = False) -> float:
+def delivery_rate(root: Path, n: int, threads: int = 1, distinct: bool = False, method: str = "deliver") -> float:
     """n deliveries of 5 KB from one process, by ``threads`` threads, into one
-    folder or one account per thread."""
+    folder or one account per thread; ``method``: deliver (with its UID, as
+    IMAP APPEND does) or drop (as SMTP does: the UID comes at the next sync)."""
     store = Store(root)
-    folders = [store.mailbox("ac-normandie.fr", f"rate{i if distinct else 0}.t{threads}").folder("INBOX") for i in range(threads)]
+    folders = [store.mailbox("ac-normandie.fr", f"rate{i if distinct else 0}.t{threads}{method}").folder("INBOX")
+               for i in range(threads)]
 
     def work(f) -> None:
+        put = getattr(f, method)
         for _ in range(n // threads):
-            f.deliver(io.BytesIO(BODY))
+            put(io.BytesIO(BODY))
 
     t0 = time.perf_counter()
     pool = [threading.Thread(target=work, args=(f,)) for f in folders]
@@ -162,10 +165,11 @@ def main() -> None:
               f"then {second:.3f} s from the index ({len(hits)} hits)")
         raw = disk_rate(work, args.deliveries)
         print(f"disk raw write+fsync+rename of {len(BODY)} B, one thread: {raw:8.0f} /s   (the physical limit)")
-        for threads, distinct in ((1, False), (8, False), (8, True)):
-            rate = delivery_rate(work / "rate", args.deliveries, threads, distinct)
+        for method, threads, distinct in (("deliver", 1, False), ("deliver", 8, False), ("deliver", 8, True),
+                                          ("drop", 1, False), ("drop", 8, False)):
+            rate = delivery_rate(work / "rate", args.deliveries, threads, distinct, method)
             where = "8 accounts" if distinct else "one folder"
-            print(f"store delivery of {len(BODY)} B, one process, {threads} thread(s), {where}: {rate:8.0f} /s   "
+            print(f"store {method} of {len(BODY)} B, one process, {threads} thread(s), {where}: {rate:8.0f} /s   "
                   f"({rate / raw:.2f} of raw; target >= 1000)")
         out = subprocess.run([sys.executable, __file__, "--child", str(work / "bigmsg")], capture_output=True, text=True, check=True)
         total, base, peak = map(int, out.stdout.split())

@@ -106,6 +106,37 @@ def test_delivery_format_and_uids(mailbox) -> None:
     assert msgs[0].size == size
 
 
+def test_drop_like_an_mda_then_uids_at_the_next_sync(mailbox, tmp_path: Path) -> None:
+    inbox = mailbox.folder("INBOX")
+    u1 = inbox.deliver(io.BytesIO(MSG))
+    base = inbox.drop(io.BytesIO(MSG))  # no UID yet: no lock, no uid list, no index
+    assert base in os.listdir(inbox.path / "new") and os.listdir(inbox.path / "tmp") == []
+    assert base not in (inbox.path / "dovecot-uidlist").read_text()
+    spool = tmp_path / "spool-message"
+    spool.write_bytes(MSG.replace(b"\n", b"\r\n"))
+    linked = inbox.drop_file(spool)
+    assert os.stat(spool).st_nlink == 2  # hard-linked, not copied
+    reader = mailbox.folder("INBOX")  # another reader syncs: the dropped messages get the next UIDs
+    assert [m.uid for m in reader.messages()] == [u1, u1 + 1, u1 + 2]
+    with reader.open(u1 + 2) as f:
+        assert f.read() == MSG.replace(b"\n", b"\r\n")
+    size = len(MSG.replace(b"\n", b"\r\n"))
+    assert linked.endswith(f",S={size},W={size}")
+    assert mailbox.usage().messages == 3
+
+
+def test_drop_respects_the_quota(tmp_path: Path) -> None:
+    mb = Store(tmp_path / "mail").mailbox("ac-normandie.test", "paul.durand", bytes_limit=1000)
+    inbox = mb.folder("INBOX", sync=False)
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 1500)
+    with pytest.raises(OverQuota):
+        inbox.drop(io.BytesIO(b"x" * 1500))
+    with pytest.raises(OverQuota):
+        inbox.drop_file(big)
+    assert files_in(inbox) == [] and os.listdir(inbox.path / "tmp") == [] and os.stat(big).st_nlink == 1
+
+
 @pytest.mark.parametrize("raw,stored", [(b"a\rb\nc\r\nd", b"a\r\nb\r\nc\r\nd"), (b"x\r", b"x\r\n"), (b"", b"")])
 def test_line_ends_become_crlf(mailbox, raw: bytes, stored: bytes) -> None:
     inbox = mailbox.folder("INBOX")

@@ -10,6 +10,7 @@ client keeps the message.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections import OrderedDict
@@ -75,6 +76,18 @@ class LocalDelivery:
                 for f in folders:
                     f.close()
 
+    def _drop(self, folder: Folder, spool: SpoolFile) -> str:
+        """A big message is hard-linked from the spool (no copy, whatever the
+        number of recipients) when it is CRLF-clean and on the same file system."""
+        if spool.on_disk and spool.crlf_only:
+            try:
+                return folder.drop_file(spool.path)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+        with spool.open() as f:
+            return folder.drop(f)
+
     def deliver(self, tx: Transaction) -> str:
         delivered: list[str] = []
         over_quota: list[AccountInfo] = []
@@ -83,8 +96,7 @@ class LocalDelivery:
             try:
                 key, folder = self._checkout(info)
                 try:
-                    with tx.spool.open() as f:
-                        base = folder.drop(f)  # its UID comes with the next reader's sync
+                    base = self._drop(folder, tx.spool)  # its UID comes with the next reader's sync
                 finally:
                     self._checkin(key, folder)
                 delivered.append(info.address)

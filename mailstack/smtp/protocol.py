@@ -314,7 +314,7 @@ class SmtpSession(SMTP):
             return
         env.spool = None  # delivery owns it now
         try:
-            status = await self._finish(spool, bare_newline=False)
+            status = await self._finish(spool, bare_newline=False, is_data=False)
         finally:
             self.policy.server.release_transfer()
         await self.push(status)
@@ -327,7 +327,7 @@ class SmtpSession(SMTP):
             self._reset_timeout()
             size -= len(chunk)
 
-    async def _finish(self, spool: SpoolFile, bare_newline: bool) -> str:
+    async def _finish(self, spool: SpoolFile, bare_newline: bool, is_data: bool = True) -> str:
         """End of a transfer: refuse, or hand the message to the policy; the envelope is reset."""
         try:
             if bare_newline:
@@ -336,6 +336,7 @@ class SmtpSession(SMTP):
             if spool.too_large:
                 spool.discard()
                 return f"552 5.3.4 Message exceeds the limit of {spool.limit} bytes"
+            spool.crlf_only = is_data
             return await self.policy.accept(self, spool)
         finally:
             self._set_post_data_state()

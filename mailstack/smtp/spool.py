@@ -44,6 +44,11 @@ class SpoolFile:
         self.size = 0  # message bytes, without our header
         self._buf: bytearray | None = bytearray(header)
         self._fd: int | None = None
+        self.crlf_only = False  # set by DATA, which refuses bare CR and LF
+
+    @property
+    def on_disk(self) -> bool:
+        return self._buf is None and self.path.exists()
 
     @property
     def too_large(self) -> bool:

@@ -639,6 +639,33 @@ class Folder:
             self._quota_record(size, 1)
         return base
 
+    def drop_file(self, path: Path) -> str:
+        """``drop`` for a message already in a file with CRLF line ends on the
+        same file system (the SMTP spool): hard-linked into tmp/ instead of
+        copied, as Dovecot's deliver does for several recipients.  Raises
+        OSError (EXDEV across file systems): the caller then copies."""
+        size = os.stat(path).st_size
+        if self._quota_check:
+            self._quota_check(size, 1)
+        stem = new_base(0, 0).split(",S=")[0]
+        tmp = self.path / "tmp" / stem
+        os.link(path, tmp)
+        base = f"{stem},S={size},W={size}"
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.path / "new" / base)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._fsync_dir("new")
+        if self._quota_record:
+            self._quota_record(size, 1)
+        return base
+
     def _write_tmp(
         self, stream: BinaryIO | Iterable[bytes], internal_date: datetime | float | None, limit: int | None,
         expected_size: int | None,
