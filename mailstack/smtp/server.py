@@ -30,11 +30,12 @@ from .spool import clear_incoming
 log = logging.getLogger("mailstack.smtp")
 T = TypeVar("T")
 
-# asyncio's TLS transport reads into a 256 KiB buffer it allocates (and
-# zeroes) per connection: about 290 KB for every idle TLS session.  A TLS
-# record carries at most 16 KiB of plaintext, so 32 KiB loses nothing but
-# memory; this is the documented class attribute, set for this process only.
-TLS_READ_BUFFER = 32 * 1024
+# asyncio's TLS transport reads the socket into a 256 KiB buffer it allocates
+# (and zeroes) per connection: about 290 KB for every idle TLS session.  The
+# buffer only batches socket reads (OpenSSL reassembles records across them),
+# so one TLS record's worth costs a few more reads on a 100 MB upload and
+# nothing else.  It is SSLProtocol's class attribute, set in our process only.
+TLS_READ_BUFFER = 16 * 1024
 TRANSFER_WAIT = 10.0  # seconds a DATA/BDAT waits for a transfer slot
 STOP_GRACE = 10.0  # seconds transfers may take to finish on SIGTERM
 POOL_THREADS = 8  # delivery and directory lookups (fsync-bound, not CPU-bound)
