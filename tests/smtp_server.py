@@ -36,6 +36,16 @@ class SmtpServer(DaemonProcess):
             s.login(login, self.users[login])
         return s
 
+    imap_ports: tuple[int, int] = (0, 0)
+
+    def imap_beside(self):
+        """An imapd serving the same home (not started)."""
+        from tests.imap_server import ImapServer
+
+        imap = ImapServer(self.home, *self.imap_ports)
+        imap.users = self.users
+        return imap
+
     def maildir(self, login: str, folder: str = "") -> Path:
         return self.home / "mail" / DOMAIN / login / "Maildir" / folder
 
@@ -55,10 +65,14 @@ def make_server(tmp: Path, **smtp: int) -> SmtpServer:
     cfg = (home / "mailstack.toml").read_text()
     for old, new in zip((10587, 10465, 10025), ports):
         cfg = cfg.replace(f"port = {old}", f"port = {new}")
+    imap_ports = free_port(), free_port()  # for an imapd on the same home (see imap_beside)
+    cfg = cfg.replace("port = 10993", f"port = {imap_ports[0]}").replace("port = 10143", f"port = {imap_ports[1]}")
     settings = {"workers": 1, **smtp}
     cfg += "\n[smtp]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
     # Fast Argon2 for tests (the production parameters are tested in test_accounts).
     cfg += "\n[auth.argon2]\nmemory_kib = 8192\niterations = 1\n"
     (home / "mailstack.toml").write_text(cfg)
     os.environ.pop("MAILSTACK_CONFIG", None)
-    return SmtpServer(home, *ports)
+    srv = SmtpServer(home, *ports)
+    srv.imap_ports = imap_ports
+    return srv

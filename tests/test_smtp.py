@@ -602,3 +602,36 @@ def test_concurrent_sessions_all_delivered(server: SmtpServer) -> None:
         t.join()
     assert not errors
     assert count(server, "marie.curie") == before + 50
+
+
+def test_mail_sent_over_smtp_is_read_over_imap_with_uids(server: SmtpServer) -> None:
+    """The two daemons meet only in the store: SMTP drops the file, IMAP gives it its UID."""
+    imap = server.imap_beside()
+    imap.start()
+    try:
+        c = imap.connect("paul.martin")
+        typ, data = c.select("INBOX")
+        before = int(data[0])
+        c.close()
+        body = b"Subject: over both daemons\r\n\r\nBonjour\r\n"
+        with server.submission("jean.dupont") as s:
+            s.sendmail(f"jean.dupont@{DOMAIN}", [f"paul.martin@{DOMAIN}"], body)
+        typ, data = c.select("INBOX")
+        assert int(data[0]) == before + 1
+        typ, data = c.uid("FETCH", "*", "(UID BODY.PEEK[])")
+        assert typ == "OK" and data[0][1].endswith(body)
+        uid = int(data[0][0].split(b"UID ")[1].split()[0])
+        typ, data = c.status("INBOX", "(UIDNEXT)")
+        assert f"UIDNEXT {uid + 1}".encode() in data[0]
+        # A client in IDLE hears of the next message at once, even right after a sync.
+        c.send(b"i1 IDLE\r\n")
+        assert c.readline().startswith(b"+")
+        with server.mx() as s:
+            s.sendmail("parent@example.org", [f"paul.martin@{DOMAIN}"], b"Subject: pushed\r\n\r\nx\r\n")
+        c.sock.settimeout(10)
+        assert c.readline().strip() == f"* {before + 2} EXISTS".encode()
+        c.send(b"DONE\r\n")
+        assert c.readline().startswith(b"i1 OK")
+        c.logout()
+    finally:
+        imap.stop()

@@ -191,6 +191,7 @@ class Folder:
             if not self._keywords_loaded:
                 self._keywords = kw.read(self.path)
                 self._keywords_loaded = True
+            self._pick_up_new()
             return
         try:
             stats, newest = self._stats()
@@ -212,10 +213,10 @@ class Folder:
             else:
                 raise
 
-    def _scan(self) -> dict[str, tuple[str, str, str]]:
+    def _scan(self, subs: tuple[str, ...] = ("new", "cur")) -> dict[str, tuple[str, str, str]]:
         """base -> (subdir, file name, letters), from new/ then cur/ (cur wins)."""
         files: dict[str, tuple[str, str, str]] = {}
-        for sub in ("new", "cur"):
+        for sub in subs:
             try:
                 with os.scandir(self.path / sub) as it:
                     for e in it:
@@ -233,10 +234,26 @@ class Folder:
         one, so no row can be written between the scan and the comparison
         (a row written after the scan would otherwise look expunged)."""
         _LAST_FULL_SYNC[self.path] = time.monotonic()
+        self._apply_scan(complete=True)
+
+    def _pick_up_new(self) -> None:
+        """Between full scans, the cheap part: files a delivery agent (our SMTP
+        daemon's drop, Dovecot's LDA) put in new/ get their UIDs.  new/ only
+        holds what arrived since the last sync, so this costs one small listing."""
+        try:
+            names = os.listdir(self.path / "new")
+        except FileNotFoundError:
+            return
+        bases = [FileName.parse(n).base for n in names if not n.startswith(".")]
+        if bases and len(self.index.known_bases(bases)) < len(bases):
+            self._apply_scan(complete=False)
+
+    def _apply_scan(self, complete: bool) -> None:
+        """Scan (all files, or new/ alone when not ``complete``) and repair the index."""
         with self.index.write():
             started = time.time()
             stats, _ = self._stats()
-            files = self._scan()
+            files = self._scan() if complete else self._scan(("new",))
             ul = self._read_uidlist()
             modified = False
             unknown = [b for b in files if ul is None or b not in ul.uids]
@@ -263,8 +280,13 @@ class Folder:
             self._keywords_loaded = True
             assert ul is not None
             idx = self.index
-            rows = {r.uid: r for r in idx.rows()}
             present = {ul.uids[b]: b for b in files if b in ul.uids}
+            if complete:
+                rows = {r.uid: r for r in idx.rows()}
+                expunged = {r[0] for r in idx.db.execute("SELECT uid FROM expunged")}
+            else:  # new/ alone: only its rows matter, and nothing is found gone
+                rows = {u: r for u in present if (r := idx.row(u)) is not None}
+                expunged = {u for u in present if u not in rows and idx.is_expunged(u)}
             modseq: list[int] = []
 
             def ms() -> int:
@@ -272,10 +294,10 @@ class Folder:
                     modseq.append(idx.next_modseq())
                 return modseq[0]
 
-            gone = [uid for uid, r in rows.items() if present.get(uid) != r.base]
+            gone = [uid for uid, r in rows.items() if present.get(uid) != r.base] if complete else []
             if gone:
                 idx.delete(gone, ms())
-            expunged = {r[0] for r in idx.db.execute("SELECT uid FROM expunged")}
+                expunged.update(gone)
             inserts = []
             for uid, base in present.items():
                 sub, name, letters = files[base]
@@ -292,10 +314,11 @@ class Folder:
             idx.insert_many(inserts)
             idx.set("uidvalidity", ul.uidvalidity)
             idx.set("uidnext", max(ul.next_uid, int(idx.get("uidnext") or 1)))
-            # After our own moves and appends the stats are ours, not a stable
-            # picture: leave them unrecorded so the next sync looks again.
-            idx.set("stats", "-" if modified else stats)
-            idx.set("synced_at", started)
+            if complete:
+                # After our own moves and appends the stats are ours, not a stable
+                # picture: leave them unrecorded so the next sync looks again.
+                idx.set("stats", "-" if modified else stats)
+                idx.set("synced_at", started)
 
     def _read_uidlist(self) -> uidlist.UidList | None:
         try:

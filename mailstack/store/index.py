@@ -171,6 +171,18 @@ class Index:
         r = self.db.execute("SELECT uid, base, subdir, letters, size, psize, modseq FROM messages WHERE uid = ?", (uid,)).fetchone()
         return Row(*r) if r else None
 
+    def known_bases(self, bases: list[str]) -> set[str]:
+        """Which of these file base names the index has."""
+        out: set[str] = set()
+        for i in range(0, len(bases), 500):
+            chunk = bases[i : i + 500]
+            q = f"SELECT base FROM messages WHERE base IN ({','.join('?' * len(chunk))})"
+            out.update(r[0] for r in self.db.execute(q, chunk))
+        return out
+
+    def is_expunged(self, uid: int) -> bool:
+        return self.db.execute("SELECT 1 FROM expunged WHERE uid = ?", (uid,)).fetchone() is not None
+
     def insert_many(self, rows: list[tuple[int, str, str, str, int, int, int, float | None]]) -> None:
         """(uid, base, subdir, letters, size, psize, modseq, internal date) rows."""
         self.db.executemany(
