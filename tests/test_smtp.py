@@ -153,9 +153,10 @@ def test_mx_unknown_local_recipient_is_refused_at_rcpt(server: SmtpServer) -> No
         assert s.rcpt(f"jean.dupont@{DOMAIN}")[0] == 250  # the session goes on
 
 
-def test_mx_relay_refused_even_after_auth_attempt_and_with_local_sender(server: SmtpServer) -> None:
+def test_mx_relay_refused_with_local_sender_and_after_an_auth_attempt(server: SmtpServer) -> None:
     with server.mx() as s:
         s.ehlo()
+        assert s.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0jean.dupont\0" + PASSWORD.encode()).decode())[0] == 538
         s.mail(f"jean.dupont@{DOMAIN}")
         assert s.rcpt("victim@example.org")[0] == 554
 
@@ -409,9 +410,10 @@ def test_pre_starttls_pipelined_commands_are_discarded(server: SmtpServer) -> No
     r.send(b"STARTTLS\r\nMAIL FROM:<injected@example.org>\r\n")
     assert r.reply()[0] == 220
     r.sock = server.context().wrap_socket(r.sock, server_hostname="localhost")
-    assert r.cmd("RCPT TO:<x@y>")[0] == 503  # HELO needed again, the injected MAIL never ran
+    assert r.cmd("NOOP") == (250, "2.0.0 OK")  # the injected MAIL got no reply: it never ran
+    assert r.cmd("RCPT TO:<x@y>") == (503, "5.5.1 send HELO first")  # the session starts over
     r.cmd("EHLO c")
-    assert r.cmd(f"RCPT TO:<jean.dupont@{DOMAIN}>")[0] == 503  # no MAIL in this TLS session
+    assert r.cmd(f"RCPT TO:<jean.dupont@{DOMAIN}>") == (503, "5.5.1 need MAIL command")
     r.close()
 
 
@@ -420,8 +422,10 @@ def test_garbage_and_long_lines_get_errors_and_the_session_goes_on(server: SmtpS
     assert r.cmd(b"\xff\xfe\x00garbage")[0] == 500
     assert r.cmd(b"EHLO " + b"a" * 5000)[0] == 500
     assert r.cmd("")[0] == 500
-    assert r.cmd("MAIL FROM:<<<>>>")[0] in (501, 503, 553)
     assert r.cmd("EHLO ok")[0] == 250
+    for bad in ("<<<>>>", "<a\x01b@example.org>", "<a b@example.org>", "<a@b@example.org>"):
+        assert r.cmd(f"MAIL FROM:{bad}") == (553, "5.1.3 Error: malformed address"), bad
+    assert r.cmd(b"MAIL FROM:<\xff@example.org>") == (553, "5.1.3 Error: malformed address")  # not UTF-8
     assert r.cmd("MAIL FROM:<a@example.org> BODY=WEIRD")[0] == 501
     assert r.cmd("MAIL FROM:<a@example.org> SMTPUTF8 BODY=8BITMIME SIZE=10")[0] == 250
     assert r.cmd("RCPT TO:<jean.dupont@ac-normandie.test> NOTIFY=NEVER")[0] == 555
@@ -447,9 +451,10 @@ def test_daemon_survives_abrupt_disconnects_mid_data(server: SmtpServer) -> None
         r.cmd("MAIL FROM:<a@example.org>")
         r.cmd(f"RCPT TO:<jean.dupont@{DOMAIN}>")
         r.cmd("DATA")
-        r.send(b"Subject: cut\r\n\r\n" + b"x" * 100_000)
+        r.send(b"Subject: cut\r\n\r\n" + (b"x" * 998 + b"\r\n") * 300)  # past the in-memory part: a spool file
+        assert wait_for(lambda: any((server.home / "spool" / "incoming").iterdir()))
         r.close()
-    assert wait_for(lambda: not any((server.home / "spool" / "incoming").iterdir()))
+        assert wait_for(lambda: not any((server.home / "spool" / "incoming").iterdir()))
     with server.mx() as s:
         assert s.noop()[0] == 250
 
@@ -635,3 +640,42 @@ def test_mail_sent_over_smtp_is_read_over_imap_with_uids(server: SmtpServer) -> 
         c.logout()
     finally:
         imap.stop()
+
+
+def test_alias_reaching_nobody_is_refused_at_rcpt(server: SmtpServer) -> None:
+    server.cli("alias", "add", "boucle1", f"paul.martin@{DOMAIN}")
+    server.cli("alias", "add", "boucle2", f"boucle1@{DOMAIN}")
+    server.cli("alias", "add", "boucle1", f"boucle2@{DOMAIN}")
+    server.cli("alias", "remove", "boucle1", f"paul.martin@{DOMAIN}")  # now a loop reaching no one
+    with server.mx() as s:
+        s.ehlo()
+        s.mail("a@example.org")
+        assert s.rcpt(f"boucle2@{DOMAIN}") == (550, b"5.1.1 Recipient address unknown")
+
+
+def test_transfer_slots_come_back_after_bdat_reset_and_disconnect(tmp_path: Path) -> None:
+    srv = make_server(tmp_path, max_transfers=1)
+    srv.add_user("Jean", "Dupont")
+    srv.start()
+    try:
+        for ending in ("RSET", "disconnect", "STARTTLS"):
+            r = Raw(srv.mx_port)
+            r.cmd("EHLO c")
+            r.cmd("MAIL FROM:<a@example.org>")
+            r.cmd(f"RCPT TO:<jean.dupont@{DOMAIN}>")
+            r.send(b"BDAT 3\r\nabc")
+            assert r.reply()[0] == 250  # the transfer holds the only slot
+            if ending == "disconnect":
+                r.close()
+                time.sleep(0.3)
+            elif ending == "STARTTLS":
+                r.starttls(srv.context())
+                r.close()
+            else:
+                assert r.cmd("RSET")[0] == 250
+                r.close()
+            with srv.mx() as s:  # the slot is free again: no 451 after a 10 s wait
+                assert s.sendmail("a@example.org", [f"jean.dupont@{DOMAIN}"], f"Subject: {ending}\r\n\r\nx\r\n".encode()) == {}
+        assert count(srv, "jean.dupont") == 3
+    finally:
+        srv.stop()

@@ -54,3 +54,50 @@ def test_parse_path(arg: str, want: tuple) -> None:
 )
 def test_every_reply_gets_an_enhanced_code(line: str, want: str) -> None:
     assert enhance(line) == want
+
+
+# --- the spool ---------------------------------------------------------------------------
+
+
+def test_spool_keeps_small_messages_in_memory_and_big_ones_in_a_file(tmp_path) -> None:
+    from mailstack.smtp.spool import MEMORY_LIMIT, SpoolFile
+
+    small = SpoolFile(tmp_path, "small", b"Received: x\r\n", 10**9)
+    small.write(b"a" * 1000)
+    small.finish()
+    assert not small.on_disk and small.open().read() == b"Received: x\r\n" + b"a" * 1000
+    big = SpoolFile(tmp_path, "big", b"R\r\n", 10**9)
+    big.write(b"b" * (MEMORY_LIMIT + 1))
+    big.finish()
+    assert big.on_disk and (tmp_path / "big").stat().st_size == MEMORY_LIMIT + 4
+    big.discard()
+    assert not (tmp_path / "big").exists()
+
+
+def test_spool_sync_after_close_still_fsyncs(tmp_path, monkeypatch) -> None:
+    """The queue asks for a durable file after the session closed it."""
+    import os
+
+    from mailstack.smtp import spool as spool_mod
+
+    s = spool_mod.SpoolFile(tmp_path, "m", b"", 10**9)
+    s.write(b"x" * (spool_mod.MEMORY_LIMIT + 10))
+    s.finish()
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(spool_mod.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    s.finish(sync=True)
+    assert len(synced) == 1
+    small = spool_mod.SpoolFile(tmp_path, "n", b"", 10**9)
+    small.write(b"y")
+    small.finish(sync=True)  # written out to a file, then fsynced
+    assert len(synced) == 2 and (tmp_path / "n").read_bytes() == b"y"
+
+
+def test_spool_write_error_is_remembered_not_raised(tmp_path) -> None:
+    from mailstack.smtp.spool import MEMORY_LIMIT, SpoolFile
+
+    s = SpoolFile(tmp_path / "missing-dir", "m", b"", 10**9)
+    s.write(b"z" * (MEMORY_LIMIT + 1))  # the spill fails: no such directory
+    s.write(b"more")
+    assert isinstance(s.error, OSError) and s.size == MEMORY_LIMIT + 5

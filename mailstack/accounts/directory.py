@@ -494,6 +494,8 @@ class Directory:
                     accounts[acc.login] = AccountInfo.of(acc)
                 else:
                     log.warning("alias target %s of %s has no account", f, a)
+            if not accounts and not remote:  # a loop, or only deleted accounts
+                return None
             return list(accounts.values()), remote
 
     @staticmethod

@@ -11,8 +11,11 @@ import re
 
 # <[@route,@route:]local@domain> [parameters], or a bare address (some clients).
 # Local part: a dot-string or a quoted string; domain: a name or an address literal.
-_LOCAL = r'(?:"(?:[^"\\\r\n]|\\[ -~])*"|[^\s<>()\[\]\\,;:@"]+)'
-_DOMAIN = r"(?:\[[^\[\]\s\\]+\]|[^\s<>()\[\]\\,;:@\"]+)"
+# Never control characters, nor the lone surrogates that stand for bytes
+# that are not UTF-8 (aiosmtpd decodes with surrogateescape).
+_BAD = r"\x00-\x20\x7f\ud800-\udfff"
+_LOCAL = rf'(?:"(?:[^"\\{_BAD}]|[ \t]|\\[ -~])*"|[^{_BAD}<>()\[\]\\,;:@"]+)'
+_DOMAIN = rf"(?:\[[^\[\]\\{_BAD}]+\]|[^{_BAD}<>()\[\]\\,;:@\"]+)"
 _PATH = re.compile(
     rf"<(?:@{_DOMAIN}(?:,@{_DOMAIN})*:)?(?P<addr>{_LOCAL}@{_DOMAIN}|{_LOCAL})?>(?P<rest>[^\r\n]*)"
     rf"|(?P<bare>{_LOCAL}@{_DOMAIN})(?P<bare_rest>(?:[ \t][^\r\n]*)?)"

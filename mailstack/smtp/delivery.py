@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..accounts.directory import AccountInfo
 from ..config import Config
 from ..mailboxes import limits, mailbox_for
-from ..store.folder import Folder, OverQuota, StoreError
+from ..store.folder import Folder, OverQuota
 from .queue import Entry, Queue, Recipient
 from .spool import SpoolFile
 
@@ -104,8 +104,8 @@ class LocalDelivery:
             except OverQuota:
                 over_quota.append(info)
                 tx.results.append(f"{info.address}:over-quota")
-            except (OSError, StoreError, ValueError) as e:
-                log.error("delivery id=%s to=%s failed: %s", tx.id, info.address, e)
+            except Exception as e:  # one recipient's failure must not lose the others
+                log.error("delivery id=%s to=%s failed: %r", tx.id, info.address, e)
                 failed.append(info)
                 tx.results.append(f"{info.address}:failed")
 

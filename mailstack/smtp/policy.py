@@ -63,7 +63,8 @@ class Policy:
             if not self.submission:
                 log.warning("client=%s relay refused to=%s", smtp.client_ip, address[:200])
                 return "554 5.7.1 Relay access denied"
-            envelope.remote.append(address)
+            if address.lower() not in (r.lower() for r in envelope.remote):
+                envelope.remote.append(address)
         else:
             reached = await self.server.expand_local(address)
             if reached is None:
@@ -127,13 +128,16 @@ class Policy:
             listener=self.listener.kind,
             rcpt_count=len(env.rcpt_tos),
         )
+        if smtp._timeout_handle is not None:  # delivery is our time, not the client's
+            smtp._timeout_handle.cancel()
         try:
             spool.finish()
             # Issue 7 plugs the antivirus/antispam filters in here, between the
             # spool and delivery: one verdict per message, for both listeners.
-            status = await self.server.run(self.server.delivery.deliver, tx)
+            status = await self.server.run_to_the_end(self.server.delivery.deliver, tx)
         finally:
             spool.discard()  # delivered copies and the queue have their own links
+        smtp._reset_timeout()
         log.info(
             "message id=%s listener=%s client=%s login=%s from=<%s> rcpts=%d size=%d status=%s %s",
             tx.id, tx.listener, tx.client, tx.login or "-", tx.sender[:200], tx.rcpt_count, spool.size,

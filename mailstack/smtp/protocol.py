@@ -117,7 +117,7 @@ class SmtpSession(SMTP):
         if isinstance(env, MailEnvelope) and env.spool is not None:
             env.spool.discard()
             env.spool = None
-            self.policy.server.release_transfer()
+            self.policy.server.release_transfer(self.client_ip)
 
     @property
     def tls_active(self) -> bool:
@@ -245,7 +245,7 @@ class SmtpSession(SMTP):
             await self.push("503 5.5.1 BDAT in progress; DATA not allowed")
             return
         server = self.policy.server
-        if not await server.acquire_transfer():
+        if not await server.acquire_transfer(self.client_ip):
             await self.push("451 4.3.2 Too many messages in transit; try again later")
             return
         try:
@@ -269,7 +269,7 @@ class SmtpSession(SMTP):
                 raise
             status = await self._finish(spool, bare_newline=decoder.bare_newline)
         finally:
-            server.release_transfer()
+            server.release_transfer(self.client_ip)
         await self.push(status)
 
     async def smtp_BDAT(self, arg: str) -> None:
@@ -293,13 +293,22 @@ class SmtpSession(SMTP):
             await self._skip(size)  # RFC 3030: the chunk is read even when refused
             await self.push(refusal)
             return
+        server = self.policy.server
         if env.spool is None:
-            if not await self.policy.server.acquire_transfer():
+            if not await server.acquire_transfer(self.client_ip):
                 await self._skip(size)
                 await self.push("451 4.3.2 Too many messages in transit; try again later")
                 self._set_rset_state()
                 return
-            env.spool = self.policy.open_spool(self)  # the slot goes with it (see _drop_bdat)
+            try:
+                env.spool = self.policy.open_spool(self)  # the slot goes with it (see _drop_bdat)
+            except Exception:
+                server.release_transfer(self.client_ip)
+                log.exception("client=%s cannot open a spool", self.client_ip)
+                await self._skip(size)
+                await self.push("451 4.3.0 Cannot store the message now; try again later")
+                self._set_rset_state()
+                return
         spool = env.spool
         remaining = size
         while remaining:
@@ -309,6 +318,11 @@ class SmtpSession(SMTP):
             self._reset_timeout()
             spool.write(chunk)
             remaining -= len(chunk)
+        if spool.error is not None:  # the chunk was read to its end: still in step
+            log.error("client=%s spool write failed: %s", self.client_ip, spool.error)
+            self._set_rset_state()  # drops the BDAT transfer and its slot
+            await self.push("451 4.3.0 Cannot store the message now; try again later")
+            return
         if not last:
             await self.push(f"250 2.0.0 {size} octets received")
             return
@@ -316,7 +330,7 @@ class SmtpSession(SMTP):
         try:
             status = await self._finish(spool, bare_newline=False, is_data=False)
         finally:
-            self.policy.server.release_transfer()
+            server.release_transfer(self.client_ip)
         await self.push(status)
 
     async def _skip(self, size: int) -> None:
@@ -336,6 +350,10 @@ class SmtpSession(SMTP):
             if spool.too_large:
                 spool.discard()
                 return f"552 5.3.4 Message exceeds the limit of {spool.limit} bytes"
+            if spool.error is not None:
+                log.error("client=%s spool write failed: %s", self.client_ip, spool.error)
+                spool.discard()
+                return "451 4.3.0 Cannot store the message now; try again later"
             spool.crlf_only = is_data
             return await self.policy.accept(self, spool)
         finally:

@@ -59,6 +59,7 @@ class Server:
         self.per_address: dict[str, int] = {}
         self.transfers = 0
         self._slots = asyncio.Semaphore(cfg.smtp.max_transfers)
+        self._transfers_by: dict[str, int] = {}
         self._lookups: dict[str, tuple[float, tuple[list[AccountInfo], list[str]] | None]] = {}
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -106,7 +107,11 @@ class Server:
             else:
                 self.per_address.pop(address, None)
 
-    async def acquire_transfer(self) -> bool:
+    async def acquire_transfer(self, address: str) -> bool:
+        """A slot for one DATA/BDAT transfer; one client address holds at most
+        a quarter of them, so a few slow senders cannot stall everyone."""
+        if self._transfers_by.get(address, 0) >= max(1, self.cfg.smtp.max_transfers // 4):
+            return False
         try:
             if self._slots.locked():
                 await asyncio.wait_for(self._slots.acquire(), TRANSFER_WAIT)
@@ -115,11 +120,27 @@ class Server:
         except TimeoutError:
             return False
         self.transfers += 1
+        self._transfers_by[address] = self._transfers_by.get(address, 0) + 1
         return True
 
-    def release_transfer(self) -> None:
+    def release_transfer(self, address: str) -> None:
         self.transfers -= 1
+        n = self._transfers_by.get(address, 1) - 1
+        if n > 0:
+            self._transfers_by[address] = n
+        else:
+            self._transfers_by.pop(address, None)
         self._slots.release()
+
+    async def run_to_the_end(self, fn: Callable[..., T], *args: Any) -> T:
+        """``run``, but a cancelled caller (the client went away, the timer
+        fired) still waits for the thread: what it works on must outlive it."""
+        fut = asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            await asyncio.wait([fut])
+            raise
 
     # -- signals ---------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ class SpoolFile:
         self._buf: bytearray | None = bytearray(header)
         self._fd: int | None = None
         self.crlf_only = False  # set by DATA, which refuses bare CR and LF
+        self.error: OSError | None = None  # a write failed (disk full...): nothing more is stored
 
     @property
     def on_disk(self) -> bool:
@@ -55,18 +56,23 @@ class SpoolFile:
         return self.size > self.limit
 
     def write(self, data: bytes) -> None:
+        """Never raises: the session must read on to the end of the message
+        whatever happens here, or the rest would be taken as commands."""
         if not data:
             return
         self.size += len(data)
-        if self.too_large:
+        if self.too_large or self.error is not None:
             return
-        if self._buf is None:
-            assert self._fd is not None
-            write_all(self._fd, data)
-            return
-        self._buf += data
-        if len(self._buf) > MEMORY_LIMIT:
-            self._spill()
+        try:
+            if self._buf is None:
+                assert self._fd is not None
+                write_all(self._fd, data)
+                return
+            self._buf += data
+            if len(self._buf) > MEMORY_LIMIT:
+                self._spill()
+        except OSError as e:
+            self.error = e
 
     def _spill(self) -> None:
         assert self._buf is not None
@@ -86,6 +92,12 @@ class SpoolFile:
             finally:
                 os.close(self._fd)
                 self._fd = None
+        elif sync:  # closed earlier without a sync
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def open(self) -> BinaryIO:
         if self._buf is not None:
@@ -141,7 +153,7 @@ def received_header(
         lines.append(f"\tfor <{recipient}>")
     lines[-1] += ";"
     lines.append("\t" + format_datetime(datetime.fromtimestamp(now or time.time(), timezone.utc)))
-    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
 
 _ADDRESS = re.compile(r"[^\s<>()\\\"]{1,254}@[A-Za-z0-9.\-]{1,253}")

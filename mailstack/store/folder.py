@@ -91,7 +91,18 @@ class Folder:
         self._fds: dict[str, int] = {}
         self._fds_pid = os.getpid()
         self._mutex = threading.Lock()
-        self.index = self._open_index()
+        self._index: Index | None = None
+
+    @property
+    def index(self) -> Index:
+        """Opened on first use: a delivery agent (drop) never needs it."""
+        if self._index is None:
+            self._index = self._open_index()
+        return self._index
+
+    @index.setter
+    def index(self, value: Index) -> None:
+        self._index = value
 
     @property
     def _keywords(self) -> list[str | None]:
@@ -121,7 +132,8 @@ class Folder:
         self._full_sync()
 
     def close(self) -> None:
-        self.index.close()
+        if self._index is not None:
+            self._index.close()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -657,10 +669,21 @@ class Folder:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self._fsync_dir("new")
-        if self._quota_record:
-            self._quota_record(size, 1)
+        self._after_drop(base, size)
         return base
+
+    def _after_drop(self, base: str, size: int) -> None:
+        """The message is in new/ already: a failure now must not make the
+        caller think it was not delivered (a retry would duplicate it)."""
+        try:
+            self._fsync_dir("new")
+        except OSError as e:
+            log.error("%s: directory fsync after delivering %s failed: %s", self.path, base, e)
+        if self._quota_record:
+            try:
+                self._quota_record(size, 1)
+            except OSError as e:
+                log.warning("%s: quota not updated for %s (%s); it is recalculated when missing", self.path, base, e)
 
     def drop_file(self, path: Path) -> str:
         """``drop`` for a message already in a file with CRLF line ends on the
@@ -684,9 +707,7 @@ class Folder:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self._fsync_dir("new")
-        if self._quota_record:
-            self._quota_record(size, 1)
+        self._after_drop(base, size)
         return base
 
     def _write_tmp(

@@ -83,6 +83,10 @@ class Index:
                     self.set("expunge_floor", floor)
             elif version != SCHEMA_VERSION:
                 raise IndexCorrupt(f"{self.path}: schema {version}, expected {SCHEMA_VERSION}")
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise  # busy, not broken: never a reason to throw the index away
+            raise IndexCorrupt(f"{self.path}: {e}") from None
         except sqlite3.DatabaseError as e:
             raise IndexCorrupt(f"{self.path}: {e}") from None
 
