@@ -103,11 +103,11 @@ class PostfixServer:
 # --- measurements ------------------------------------------------------------------------------
 
 
-def throughput(server, messages: int, sessions: int, size: int) -> float:
+def throughput(server, messages: int, sessions: int, size: int, reuse: bool = False) -> float:
     before = server.count()
     t0 = time.monotonic()
     smtp_source(server.port, sessions=sessions, messages=messages, size=size,
-                sender="sender@example.org", recipient=f"{USER}@{DOMAIN}")
+                sender="sender@example.org", recipient=f"{USER}@{DOMAIN}", reuse_connections=reuse)
     wait_delivered(lambda: server.count() - before, messages, timeout=600)
     return messages / (time.monotonic() - t0)
 
@@ -258,7 +258,8 @@ def main() -> None:
             r = results[server.name] = {}
             throughput(server, 200, args.sessions, 5000)  # warm up
             r["msg/s"] = max(throughput(server, args.messages, args.sessions, 5000) for _ in range(2))
-            print(f"{server.name}: {r['msg/s']:.0f} msg/s", flush=True)
+            r["msg/s reuse"] = max(throughput(server, args.messages, args.sessions, 5000, reuse=True) for _ in range(2))
+            print(f"{server.name}: {r['msg/s']:.0f} msg/s, {r['msg/s reuse']:.0f} msg/s reusing connections", flush=True)
             r["100MB s"], r["100MB peak MB"] = (lambda t, m: (t, m / 1024))(*big(server, big_file, 1))
             r["10x100MB s"], r["10x100MB peak MB"] = (lambda t, m: (t, m / 1024))(*big(server, big_file, 10))
             if server is ms:
@@ -273,6 +274,9 @@ def main() -> None:
     m, p = results["mailstack"], results["postfix"]
     print(f"\n5 KB, {args.sessions} sessions, {args.messages} messages, one per connection:")
     print(f"  mailstack {m['msg/s']:.0f} msg/s, Postfix {p['msg/s']:.0f} msg/s: ratio {m['msg/s'] / p['msg/s']:.2f}")
+    print("the same, each session sending its messages over one connection (smtp-source -d):")
+    print(f"  mailstack {m['msg/s reuse']:.0f} msg/s, Postfix {p['msg/s reuse']:.0f} msg/s: "
+          f"ratio {m['msg/s reuse'] / p['msg/s reuse']:.2f}")
     print("one 100 MB message (plain SMTP, sendfile client):")
     print(f"  time       mailstack {m['100MB s']:.2f} s, Postfix {p['100MB s']:.2f} s: ratio {m['100MB s'] / p['100MB s']:.2f}")
     print(f"  peak +RSS  mailstack {m['100MB peak MB']:.1f} MB, Postfix {p['100MB peak MB']:.1f} MB")

@@ -143,7 +143,7 @@ class SmtpConfig:
     max_errors: int = opt(20, _between(1, 1000), "error replies in one session before it is closed")
     max_per_address: int = opt(20, _between(1, 100000), "connections from one client address")
     max_connections: int = opt(2000, _between(1, 1000000), "connections per worker")
-    max_transfers: int = opt(50, _between(1, 10000), "messages in transit at once per worker (DATA/BDAT)")
+    max_transfers: int = opt(100, _between(1, 10000), "messages in transit at once per worker (DATA/BDAT); a quarter per client address")
     workers: int = opt(0, _between(0, 64), "processes accepting connections; 0 = one per CPU")
     listeners: list[SmtpListener] = opt(
         [
