@@ -663,27 +663,7 @@ class Folder:
         lock, no uid list, no index: the fast path for SMTP, which needs no
         UID.  Returns the file's base name."""
         tmp, stem, size = self._write_tmp(stream, None, limit, None)
-        base = f"{stem},S={size},W={size}"
-        try:
-            os.rename(tmp, self.path / "new" / base)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        self._after_drop(base, size)
-        return base
-
-    def _after_drop(self, base: str, size: int) -> None:
-        """The message is in new/ already: a failure now must not make the
-        caller think it was not delivered (a retry would duplicate it)."""
-        try:
-            self._fsync_dir("new")
-        except OSError as e:
-            log.error("%s: directory fsync after delivering %s failed: %s", self.path, base, e)
-        if self._quota_record:
-            try:
-                self._quota_record(size, 1)
-            except OSError as e:
-                log.warning("%s: quota not updated for %s (%s); it is recalculated when missing", self.path, base, e)
+        return self._into_new(tmp, stem, size)
 
     def drop_file(self, path: Path) -> str:
         """``drop`` for a message already in a file with CRLF line ends on the
@@ -696,18 +676,36 @@ class Folder:
         stem = new_base(0, 0).split(",S=")[0]
         tmp = self.path / "tmp" / stem
         os.link(path, tmp)
-        base = f"{stem},S={size},W={size}"
         try:
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return self._into_new(tmp, stem, size)
+
+    def _into_new(self, tmp: Path, stem: str, size: int) -> str:
+        """The end of a drop: an fsynced tmp/ file renamed into new/.  Once it
+        is there, a failure must not make the caller think it was not
+        delivered (a retry would duplicate it): it is logged."""
+        base = f"{stem},S={size},W={size}"
+        try:
             os.rename(tmp, self.path / "new" / base)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self._after_drop(base, size)
+        try:
+            self._fsync_dir("new")
+        except OSError as e:
+            log.error("%s: directory fsync after delivering %s failed: %s", self.path, base, e)
+        if self._quota_record:
+            try:
+                self._quota_record(size, 1)
+            except OSError as e:
+                log.warning("%s: quota not updated for %s (%s); it is recalculated when missing", self.path, base, e)
         return base
 
     def _write_tmp(
