@@ -25,6 +25,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/store.py
 	$(PY) bench/imap.py
 	$(PY) bench/smtp.py
+	$(PY) bench/queue.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache *.egg-info

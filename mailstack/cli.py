@@ -300,6 +300,33 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     return serve(cfg, cfg.path)
 
 
+def cmd_dkim_keygen(args: argparse.Namespace, cfg: Config) -> int:
+    from .mailauth.keys import DkimKeyError, keygen, txt_chunks
+
+    domain = args.domain.lower()
+    if domain not in cfg.server.domains:
+        raise Failure(f"{domain} is not one of server.domains ({', '.join(cfg.server.domains)})")
+    try:
+        key = keygen(cfg.dkim.keys, domain, args.selector, args.algorithm)
+    except DkimKeyError as e:
+        raise Failure(str(e)) from None
+    print(f"created {key.path} ({key.algorithm}); publish this record, then mail is signed with it:")
+    print(f"{key.dns_name}. IN TXT {txt_chunks(key.txt_record())}")
+    return 0
+
+
+def cmd_dns(args: argparse.Namespace, cfg: Config) -> int:
+    from .dnsrecords import run_dns_command
+
+    return run_dns_command(args, cfg)
+
+
+def cmd_queue(args: argparse.Namespace, cfg: Config) -> int:
+    from .smtp.queuecli import run_queue_command
+
+    return run_queue_command(args, cfg)
+
+
 # --- parser -----------------------------------------------------------------------
 
 
@@ -373,6 +400,31 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.required = True
     cmd(dsub, "upgrade", cmd_db_upgrade, "apply schema migrations")
     cmd(dsub, "status", cmd_db_status, "show the schema version (exit 1 if not current)")
+
+    dk = sub.add_parser("dkim", help="DKIM signing keys", description="DKIM signing keys")
+    dksub = dk.add_subparsers(dest="dkim_command", metavar="ACTION", parser_class=_Parser)
+    dksub.required = True
+    sp = cmd(dksub, "keygen", cmd_dkim_keygen, "make a signing key for a domain and print its DNS record")
+    sp.add_argument("domain", metavar="DOMAIN")
+    sp.add_argument("--selector", help="DNS selector (default: rsaYYYYMM or edYYYYMM)")
+    sp.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa", help="rsa (2048 bits, default) or ed25519")
+
+    sp = cmd(sub, "dns", cmd_dns, "print the DNS records to publish for a domain, or check them (--check)")
+    sp.add_argument("domain", metavar="DOMAIN")
+    sp.add_argument("--check", action="store_true", help="resolve the records and say which are missing or wrong")
+
+    q = sub.add_parser("queue", help="the outbound queue", description="the outbound queue")
+    qsub = q.add_subparsers(dest="queue_command", metavar="ACTION", parser_class=_Parser)
+    qsub.required = True
+    cmd(qsub, "list", cmd_queue, "list queued messages")
+    for name, text in (
+        ("show", "show one message's envelope, attempts and headers"),
+        ("delete", "remove a message from the queue (no bounce)"),
+        ("hold", "keep a message in the queue without delivering it"),
+        ("release", "let a held message be delivered again"),
+    ):
+        cmd(qsub, name, cmd_queue, text).add_argument("id", metavar="ID")
+    cmd(qsub, "flush", cmd_queue, "try now: every message, or one").add_argument("id", metavar="ID", nargs="?")
 
     cmd(sub, "serve", cmd_serve, "run every configured daemon in the foreground")
     cmd(sub, "imapd", cmd_imapd, "run the IMAP daemon in the foreground (systemd: mailstack-imapd.service)")

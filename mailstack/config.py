@@ -154,6 +154,50 @@ class SmtpConfig:
     )
 
 
+def _ip_list(v: list[str]) -> str | None:
+    for a in v:
+        if _ip_address(a):
+            return f"IP addresses, not {a!r}"
+    return None
+
+
+def _seconds(lo: float, hi: float) -> Check:
+    return lambda v: None if lo <= v <= hi else f"{lo:g} to {hi:g} seconds"
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    nameservers: list[str] = opt([], _ip_list, "resolvers to ask; empty = those of /etc/resolv.conf")
+    port: int = opt(53, _between(1, 65535), "port of those resolvers")
+    timeout: float = opt(5.0, _seconds(0.1, 60), "seconds for one lookup, retries included")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    port: int = opt(25, _between(1, 65535), "port of remote MX hosts (only tests change it)")
+    lifetime: int = opt(432000, _between(1, 60 * 86400), "seconds a message may wait before it bounces (5 days)")
+    warn_after: int = opt(14400, _between(0, 60 * 86400), "seconds before the sender is told of a delay; 0 = never")
+    retry_min: int = opt(300, _between(1, 86400), "seconds before the first retry; doubles each time")
+    retry_max: int = opt(14400, _between(1, 7 * 86400), "longest wait between two attempts")
+    concurrency: int = opt(50, _between(1, 10000), "deliveries at once per smtpd worker")
+    per_destination: int = opt(10, _between(1, 1000), "connections at once to one destination domain per worker")
+    connect_timeout: int = opt(30, _between(1, 600), "seconds to open a connection to a remote host")
+    timeout: int = opt(300, _between(5, 3600), "seconds to wait for each reply of a remote host")
+    tls: str = opt("may", _one_of("may", "encrypt"), "may: STARTTLS whenever offered; encrypt: never send in clear")
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    sign: bool = opt(True, doc="sign mail sent by our users with every key of its From domain")
+    keys: Path = opt(Path("/var/lib/mailstack/dkim"), doc="DOMAIN/SELECTOR.pem private keys (mailstack dkim keygen)")
+
+
+@dataclass(frozen=True)
+class MailAuthConfig:
+    verify: bool = opt(True, doc="check SPF, DKIM and DMARC of mail received on the MX (Authentication-Results)")
+    enforce_dmarc: bool = opt(True, doc="DMARC failure: p=reject refused (550), p=quarantine filed in Junk")
+
+
 @dataclass(frozen=True)
 class StorageConfig:
     mail_root: Path = opt(Path("/var/lib/mailstack/mail"))
@@ -231,6 +275,10 @@ class Config:
     tls: TlsConfig = opt(TlsConfig())
     auth: AuthConfig = opt(AuthConfig())
     limits: LimitsConfig = opt(LimitsConfig())
+    dns: DnsConfig = opt(DnsConfig())
+    queue: QueueConfig = opt(QueueConfig())
+    dkim: DkimConfig = opt(DkimConfig())
+    mailauth: MailAuthConfig = opt(MailAuthConfig())
     path: Path | None = None
 
     @property
@@ -348,6 +396,8 @@ def parse(text: str, source: str = "<config>", base: Path | None = None) -> Conf
         cfg,
         database=dataclasses.replace(cfg.database, url=_resolve_sqlite(cfg.database.url, base)),
     )
+    if cfg.queue.retry_max < cfg.queue.retry_min:
+        raise ConfigError(f"{source}: queue.retry_max: expected at least retry_min ({cfg.queue.retry_min})")
     throttle = cfg.auth.throttle
     if throttle.delay_max < throttle.delay_base:
         raise ConfigError(f"{source}: auth.throttle.delay_max: expected at least delay_base ({throttle.delay_base})")

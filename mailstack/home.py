@@ -96,6 +96,9 @@ secret_file = "secret.key"
 
 [limits]
 max_message_size = 104857600
+
+[dkim]
+keys = "dkim"
 """
 
 
@@ -143,6 +146,7 @@ def init_home(home: Path, domain: str, hostname: str | None = None, dev: bool = 
             created.append(cfg.auth.secret_file)
         mkdir(cfg.storage.mail_root, 0o700)
         mkdir(cfg.storage.spool, 0o700)
+        mkdir(cfg.dkim.keys, 0o700)
         db_file = home / "mailstack.db"
         if not db_file.exists():
             created.append(db_file)

@@ -22,6 +22,8 @@ import pytest
 from mailstack import config as config_mod
 from mailstack.accounts import db
 from mailstack.accounts.directory import Directory, write_secret
+from tests.dns_server import dns_server  # noqa: F401
+from tests.smtp_sink import smtp_sink  # noqa: F401
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent

@@ -56,8 +56,11 @@ class SmtpServer(DaemonProcess):
         return [p.read_bytes() for p in sorted(files, key=lambda p: p.name)]
 
 
-def make_server(tmp: Path, **smtp: int) -> SmtpServer:
-    """A dev home with its SMTP ports moved to free ones; ``smtp`` sets [smtp] keys."""
+def make_server(tmp: Path, extra: str = "", **smtp: int) -> SmtpServer:
+    """A dev home with its SMTP ports moved to free ones; ``smtp`` sets [smtp] keys,
+    ``extra`` is more TOML.  Without a [dns] section in ``extra`` the resolver
+    points at a closed loopback port (lookups fail within a second, nothing
+    leaves this machine) and the MX does not check SPF/DKIM/DMARC."""
     home = tmp / "home"
     r = run_cli("init", "--home", str(home), "--domain", DOMAIN, "--dev", "--hostname", "localhost")
     assert r.returncode == 0, r.stderr
@@ -71,6 +74,11 @@ def make_server(tmp: Path, **smtp: int) -> SmtpServer:
     cfg += "\n[smtp]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
     # Fast Argon2 for tests (the production parameters are tested in test_accounts).
     cfg += "\n[auth.argon2]\nmemory_kib = 8192\niterations = 1\n"
+    if "[dns]" not in extra:
+        cfg += f"\n[dns]\nnameservers = [\"127.0.0.1\"]\nport = {free_port()}\ntimeout = 1.0\n"
+        if "[mailauth]" not in extra:
+            cfg += "\n[mailauth]\nverify = false\n"
+    cfg += extra
     (home / "mailstack.toml").write_text(cfg)
     os.environ.pop("MAILSTACK_CONFIG", None)
     srv = SmtpServer(home, *ports)

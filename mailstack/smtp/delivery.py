@@ -15,6 +15,7 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..accounts.directory import AccountInfo
 from ..config import Config
@@ -42,6 +43,10 @@ class Transaction:
     login: str | None = None
     listener: str = "mx"
     rcpt_count: int = 0
+    body8: bool = False  # BODY=8BITMIME
+    smtputf8: bool = False
+    queued: bool = False  # some recipients wait in the queue
+    folder: str = "INBOX"  # "Junk" for mail a policy quarantines
     results: list[str] = field(default_factory=list)  # for the log line
 
 
@@ -52,20 +57,20 @@ class LocalDelivery:
         # Idle INBOX Folder objects by account.  A Folder (its index
         # connection) serves one thread at a time, so each delivery checks one
         # out; deliveries to one folder still share fsyncs (group commit).
-        self._idle: OrderedDict[tuple[str, int, int], list[Folder]] = OrderedDict()
+        self._idle: OrderedDict[tuple[str, str, int, int], list[Folder]] = OrderedDict()
         self._count = 0
         self._lock = threading.Lock()
 
-    def _checkout(self, info: AccountInfo) -> tuple[tuple[str, int, int], Folder]:
-        key = (info.login, *limits(self.cfg, info))
+    def _checkout(self, info: AccountInfo, folder: str = "INBOX") -> tuple[tuple[str, str, int, int], Folder]:
+        key = (info.login, folder, *limits(self.cfg, info))
         with self._lock:
             idle = self._idle.get(key)
             if idle:
                 self._count -= 1
                 return key, idle.pop()
-        return key, mailbox_for(self.cfg, info).folder("INBOX", sync=False)  # drop() needs no index
+        return key, mailbox_for(self.cfg, info).folder(folder, sync=False)  # drop() needs no index
 
-    def _checkin(self, key: tuple[str, int, int], folder: Folder) -> None:
+    def _checkin(self, key: tuple[str, str, int, int], folder: Folder) -> None:
         with self._lock:
             self._idle.setdefault(key, []).append(folder)
             self._idle.move_to_end(key)
@@ -88,13 +93,22 @@ class LocalDelivery:
         with spool.open() as f:
             return folder.drop(f)
 
+    def deliver_file(self, info: AccountInfo, path: Path) -> str:
+        """A queued message (a retry, a bounce) into an account's INBOX."""
+        key, folder = self._checkout(info)
+        try:
+            with open(path, "rb") as f:
+                return folder.drop(f)
+        finally:
+            self._checkin(key, folder)
+
     def deliver(self, tx: Transaction) -> str:
         delivered: list[str] = []
         over_quota: list[AccountInfo] = []
         failed: list[AccountInfo] = []
         for info in tx.accounts.values():
             try:
-                key, folder = self._checkout(info)
+                key, folder = self._checkout(info, tx.folder)
                 try:
                     base = self._drop(folder, tx.spool)  # its UID comes with the next reader's sync
                 finally:
@@ -120,7 +134,10 @@ class LocalDelivery:
         if later:
             try:
                 tx.spool.finish(sync=True)
-                self.queue.add(tx.spool.path, Entry(tx.id, tx.sender, later, client=tx.client))
+                self.queue.add(tx.spool.path, Entry(
+                    tx.id, tx.sender, later, client=tx.client, body="8BITMIME" if tx.body8 else "", smtputf8=tx.smtputf8,
+                ))
+                tx.queued = True
             except OSError as e:
                 log.error("queue id=%s failed: %s", tx.id, e)
                 if not delivered:

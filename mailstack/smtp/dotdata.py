@@ -66,3 +66,37 @@ class DataDecoder:
             piece, self._skip = piece[self._skip :], 0
         self.size += len(piece)
         return piece
+
+
+class DataEncoder:
+    """The sending side: a message's bytes as DATA wants them, chunk by chunk.
+
+    Line ends become CRLF (a message received with BDAT may hold bare LF or
+    CR), a dot at the start of a line is doubled, and ``finish`` ends the
+    data with CRLF.CRLF.  A CR at the end of a chunk is held back until the
+    next one shows whether an LF follows.
+    """
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self._bol = True  # the next byte starts a line
+
+    def encode(self, chunk: bytes) -> bytes:
+        data = self._carry + chunk
+        self._carry = b""
+        if data.endswith(b"\r"):
+            self._carry, data = b"\r", data[:-1]
+        if not data:
+            return b""
+        pairs = data.count(CRLF)
+        if data.count(b"\r") != pairs or data.count(b"\n") != pairs:  # bare CR or LF somewhere
+            data = data.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
+        if self._bol and data.startswith(b"."):
+            data = b"." + data
+        data = data.replace(b"\r\n.", b"\r\n..")
+        self._bol = data.endswith(b"\n")
+        return data
+
+    def finish(self) -> bytes:
+        tail = self.encode(b"\n") if self._carry else b""  # a held CR ends its line
+        return tail + (b"" if self._bol else CRLF) + b".\r\n"

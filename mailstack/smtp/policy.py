@@ -94,6 +94,38 @@ class Policy:
 
     # -- the message ---------------------------------------------------------------------
 
+    def _mail_auth(self, tx: Transaction) -> str | None:
+        """Submission: DKIM-sign.  MX: SPF, DKIM, DMARC into Authentication-Results,
+        and the DMARC policy.  Blocking (DNS, the spool): runs in the pool.
+        Returns a refusal, or None to deliver."""
+        spool = tx.spool
+        if self.submission:
+            if self.cfg.dkim.sign:
+                from ..mailauth.signing import sign_for_domain
+
+                signature = sign_for_domain(spool.open, self.cfg)
+                if signature:
+                    spool.rewrite_head(signature)
+                    tx.results.append("dkim=signed")
+            return None
+        if not self.cfg.mailauth.verify:
+            return None
+        from ..mailauth.inbound import authenticate, strip_forged
+
+        with spool.open() as f:
+            verdict = authenticate(
+                f, authserv_id=self.cfg.hostname, client_ip=tx.client, helo=tx.helo, mail_from=tx.sender,
+            )
+        tx.results.append(f"spf={verdict.spf} dkim={'+'.join(d.result for d in verdict.dkim) or 'none'} dmarc={verdict.dmarc}")
+        action = verdict.action(self.cfg.mailauth.enforce_dmarc)
+        if action == "reject":
+            return f"550 5.7.1 Message refused by the DMARC policy of {verdict.from_domain or 'its author domain'}"
+        if action == "quarantine":
+            tx.folder = "Junk"
+        hostname = self.cfg.hostname
+        spool.rewrite_head(verdict.header, lambda head: strip_forged(head, hostname))
+        return None
+
     def open_spool(self, smtp: SmtpSession) -> SpoolFile:
         env, session = smtp.envelope, smtp.session
         env.msg_id = new_id()
@@ -127,16 +159,24 @@ class Policy:
             login=session.auth_data if session.authenticated else None,
             listener=self.listener.kind,
             rcpt_count=len(env.rcpt_tos),
+            body8=any(o.upper() == "BODY=8BITMIME" for o in env.mail_options),
+            smtputf8=any(o.upper() == "SMTPUTF8" for o in env.mail_options),
         )
         if smtp._timeout_handle is not None:  # delivery is our time, not the client's
             smtp._timeout_handle.cancel()
         try:
             spool.finish()
+            refusal = await self.server.run_to_the_end(self._mail_auth, tx)
             # Issue 7 plugs the antivirus/antispam filters in here, between the
             # spool and delivery: one verdict per message, for both listeners.
-            status = await self.server.run_to_the_end(self.server.delivery.deliver, tx)
+            if refusal:
+                status = refusal
+            else:
+                status = await self.server.run_to_the_end(self.server.delivery.deliver, tx)
         finally:
             spool.discard()  # delivered copies and the queue have their own links
+        if tx.queued and self.server.runner is not None:
+            self.server.runner.schedule(tx.id)
         smtp._reset_timeout()
         log.info(
             "message id=%s listener=%s client=%s login=%s from=<%s> rcpts=%d size=%d status=%s %s",

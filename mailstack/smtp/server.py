@@ -25,6 +25,7 @@ from .delivery import LocalDelivery
 from .policy import Policy
 from .protocol import SmtpSession
 from .queue import Queue
+from .runner import QueueRunner
 from .spool import clear_incoming
 
 log = logging.getLogger("mailstack.smtp")
@@ -61,6 +62,7 @@ class Server:
         self._slots = asyncio.Semaphore(cfg.smtp.max_transfers)
         self._transfers_by: dict[str, int] = {}
         self._lookups: dict[str, tuple[float, tuple[list[AccountInfo], list[str]] | None]] = {}
+        self.runner: QueueRunner | None = None  # set once the loop runs (_serve)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -177,7 +179,10 @@ def prepare_spool(cfg: Config) -> None:
 
 
 def _worker(cfg: Config, socks) -> int:
+    from ..resolver import install
+
     asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+    install(cfg.dns)  # SPF, DKIM and DMARC libraries resolve through dnspython's default
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd: every command at INFO, deprecations at WARNING; we log our own
     return asyncio.run(_serve(cfg, socks))
 
@@ -185,6 +190,8 @@ def _worker(cfg: Config, socks) -> int:
 async def _serve(cfg: Config, socks) -> int:
     loop = asyncio.get_running_loop()
     server = Server(cfg)
+    server.runner = QueueRunner(server)
+    runner = asyncio.create_task(server.runner.run())
     listening = []
     for sock, listener in socks:
         tls: dict[str, Any] = {}
@@ -201,6 +208,8 @@ async def _serve(cfg: Config, socks) -> int:
     log.info("stopping pid=%d", os.getpid())
     for srv in listening:
         srv.close()
+    await server.runner.stop(STOP_GRACE)
+    await runner
     await server.stop()
     return 0
 

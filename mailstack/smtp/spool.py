@@ -16,15 +16,17 @@ import io
 import itertools
 import os
 import re
+import shutil
 import time
 from datetime import datetime, timezone
 from email.utils import format_datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from ..files import write_all
 
 MEMORY_LIMIT = 256 * 1024  # per message in transit; past it, the bytes go to a file
+HEAD_LIMIT = 1024 * 1024  # header block looked at by rewrite_head
 
 _serial = itertools.count()
 
@@ -98,6 +100,37 @@ class SpoolFile:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def rewrite_head(self, add: bytes, transform: Callable[[bytes], bytes] | None = None) -> None:
+        """After ``finish``: put header lines ``add`` on top and pass the header
+        block (up to HEAD_LIMIT) through ``transform`` (to strip forged
+        headers).  A spilled message is rewritten by copying: a cost only big
+        messages pay, once."""
+        if self._buf is not None:
+            end = self._buf.find(b"\r\n\r\n", 0, HEAD_LIMIT)
+            cut = end + 2 if end >= 0 else 0
+            head = bytes(self._buf[:cut])
+            if transform is not None and head:
+                head = transform(head)
+            self._buf[:cut] = add + head
+            return
+        tmp = self.path.with_name(self.path.name + ".new")
+        with open(self.path, "rb") as f:
+            first = f.read(HEAD_LIMIT)
+            end = first.find(b"\r\n\r\n")
+            cut = end + 2 if end >= 0 else 0
+            head = first[:cut]
+            if transform is not None and head:
+                head = transform(head)
+            try:
+                with open(tmp, "wb") as out:
+                    out.write(add + head)
+                    f.seek(cut)
+                    shutil.copyfileobj(f, out, 1 << 20)
+                os.replace(tmp, self.path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
 
     def open(self) -> BinaryIO:
         if self._buf is not None:

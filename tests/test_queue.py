@@ -1,0 +1,289 @@
+"""Outbound mail: the queue runner of a real ``mailstack smtpd`` delivering to
+real SMTP servers on loopback, found through a real DNS server.
+
+Two MX hosts on one port: one sink on 127.0.0.1, another on ::1.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.smtp_server import DOMAIN, make_server
+
+REMOTE = "remote.test"
+BODY = b"Subject: outbound\r\nFrom: {sender}\r\nTo: friend@remote.test\r\n\r\n.leading dot\r\nline two\r\n"
+
+
+def queue_toml(dns_port: int, sink_port: int, **keys) -> str:
+    q = {"port": sink_port, "retry_min": 1, "retry_max": 2, **keys}
+    return (
+        f'\n[dns]\nnameservers = ["127.0.0.1"]\nport = {dns_port}\ntimeout = 2.0\n'
+        "\n[queue]\n" + "".join(f"{k} = {v}\n" for k, v in q.items())
+    )
+
+
+@pytest.fixture
+def world(tmp_path, dns_server, smtp_sink):
+    """A running smtpd whose queue delivers to sinks on 127.0.0.1 and ::1 (one port)."""
+    v4 = smtp_sink("127.0.0.1")
+    v6 = smtp_sink("::1", v4.port)
+    dns_server.add("mx4.remote.test", "A", "127.0.0.1")
+    dns_server.add("mx6.remote.test", "AAAA", "::1")
+
+    def start(port: int, **queue_keys):
+        srv = make_server(tmp_path / f"s{len(servers)}", extra=queue_toml(dns_server.port, port, **queue_keys))
+        srv.start()
+        srv.sender = srv.add_user("Claire", "Martin")
+        return srv
+
+    servers = []
+
+    class World:
+        dns, sink4, sink6 = dns_server, v4, v6
+
+        def server(self, port: int | None = None, **queue_keys):
+            s = start(port or v4.port, **queue_keys)
+            servers.append(s)
+            return s
+
+    yield World()
+    for s in servers:
+        s.stop()
+
+
+def send(srv, rcpts: list[str], body: bytes | None = None) -> None:
+    sender = f"{srv.sender}@{DOMAIN}"
+    with srv.submission(srv.sender) as s:
+        s.sendmail(sender, rcpts, body or BODY.replace(b"{sender}", sender.encode()))
+
+
+def queue_dir(srv) -> Path:
+    return srv.home / "spool" / "queue"
+
+
+def wait_empty(srv, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not list(queue_dir(srv).glob("*.json")):
+            return
+        time.sleep(0.05)
+    raise AssertionError("queue not empty: " + ", ".join(p.read_text() for p in queue_dir(srv).glob("*.json")))
+
+
+def wait_inbox(srv, login: str, n: int, timeout: float = 30) -> list[email.message.EmailMessage]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msgs = srv.messages(login)
+        if len(msgs) >= n:
+            return [email.message_from_bytes(m, policy=email.policy.default) for m in msgs]
+        time.sleep(0.05)
+    raise AssertionError(f"{len(srv.messages(login))} messages in {login}'s INBOX, expected {n}")
+
+
+def report(msg: email.message.EmailMessage) -> dict[str, str]:
+    """The per-recipient fields of a DSN (message/delivery-status), flattened."""
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    part = next(p for p in msg.walk() if p.get_content_type() == "message/delivery-status")
+    blocks = part.get_payload()
+    fields: dict[str, str] = {}
+    for b in blocks:
+        for k, v in b.items():
+            fields[k.lower()] = str(v)
+    return fields
+
+
+def test_delivery_by_mx_preference_one_connection_for_all_recipients(world):
+    world.dns.add(REMOTE, "MX", "10 mx6.remote.test.", "20 mx4.remote.test.")
+    srv = world.server()
+    send(srv, ["a@remote.test", "b@remote.test"])
+    (got,) = world.sink6.wait(1)
+    assert sorted(got.rcpt_tos) == ["a@remote.test", "b@remote.test"]
+    assert world.sink6.connections == 1 and world.sink4.connections == 0
+    assert b"\r\n.leading dot\r\n" in got.data  # dot-stuffing undone by the receiver: sent stuffed
+    assert got.data.startswith(b"Received: from ")  # our trace header travels
+    assert got.mail_from == f"{srv.sender}@{DOMAIN}"
+    wait_empty(srv)
+    world.dns.add("other.test", "MX", "20 mx6.remote.test.", "10 mx4.remote.test.")
+    send(srv, ["c@other.test"])
+    world.sink4.wait(1)
+    assert len(world.sink6.received) == 1
+
+
+def test_starttls_is_used_when_offered(world, smtp_sink):
+    tls_sink = smtp_sink("127.0.0.1", starttls=True)
+    world.dns.add("tls.test", "MX", "10 mx4.remote.test.")
+    srv = world.server(port=tls_sink.port)
+    send(srv, ["x@tls.test"])
+    (got,) = tls_sink.wait(1)
+    assert got.tls
+
+
+def test_second_mx_when_the_first_refuses(world):
+    world.sink4.greeting = "554 5.3.2 not now"
+    world.dns.add(REMOTE, "MX", "10 mx4.remote.test.", "20 mx6.remote.test.")
+    srv = world.server()
+    send(srv, ["a@remote.test"])
+    world.sink6.wait(1)
+    assert world.sink4.connections >= 1 and not world.sink4.received
+    wait_empty(srv)
+
+
+def test_unreachable_first_mx_falls_back(world):
+    world.dns.add(REMOTE, "MX", "10 dead.remote.test.", "20 mx6.remote.test.")
+    world.dns.add("dead.remote.test", "A", "127.0.0.1")
+    world.sink4.stop()  # connection refused on 127.0.0.1
+    srv = world.server()
+    send(srv, ["a@remote.test"])
+    world.sink6.wait(1)
+    wait_empty(srv)
+
+
+def test_temporary_failure_is_retried(world):
+    world.dns.add(REMOTE, "MX", "10 mx4.remote.test.")
+    world.sink4.data_replies = ["451 4.3.0 try again later"]
+    srv = world.server()
+    send(srv, ["a@remote.test"])
+    (got,) = world.sink4.wait(1)  # the second attempt, a second or two later
+    assert world.sink4.connections == 2
+    wait_empty(srv)
+    log = srv.log_path.read_text()
+    assert "status=deferred reply=451 4.3.0" in log and "status=sent" in log
+
+
+def test_permanent_failure_bounces_to_the_sender(world):
+    world.dns.add(REMOTE, "MX", "10 mx4.remote.test.")
+    world.sink4.rcpt_replies = {"nobody@remote.test": "550 5.1.1 no such user here"}
+    srv = world.server()
+    send(srv, ["nobody@remote.test", "friend@remote.test"])
+    (got,) = world.sink4.wait(1)
+    assert got.rcpt_tos == ["friend@remote.test"]
+    (bounce,) = wait_inbox(srv, srv.sender, 1)
+    fields = report(bounce)
+    assert fields["final-recipient"] == "rfc822; nobody@remote.test"
+    assert fields["action"] == "failed" and fields["status"] == "5.1.1"
+    assert "550 5.1.1 no such user here" in fields["diagnostic-code"]
+    assert bounce["Auto-Submitted"] == "auto-replied"
+    headers = next(p for p in bounce.walk() if p.get_content_type() == "text/rfc822-headers")
+    assert b"Subject: outbound" in headers.get_payload(decode=True)
+    wait_empty(srv)
+
+
+def test_no_bounce_for_a_bounce(world):
+    """Mail from the null sender to an alias forwarding to a refusing remote host."""
+    world.dns.add(REMOTE, "MX", "10 mx4.remote.test.")
+    world.sink4.rcpt_replies = {"gone@remote.test": "550 5.1.1 gone"}
+    srv = world.server()
+    srv.cli("alias", "add", f"fwd@{DOMAIN}", "gone@remote.test")
+    with srv.mx() as s:
+        s.sendmail("<>", [f"fwd@{DOMAIN}"], b"Subject: a bounce\r\n\r\nx\r\n")
+    wait_empty(srv)
+    assert "status=bounced" in srv.log_path.read_text()
+    assert not list((srv.home / "spool" / "queue").glob("*.json"))
+    assert srv.messages(srv.sender) == []
+
+
+def test_null_mx_bounces_at_once(world):
+    world.dns.add("nullmx.test", "MX", "0 .")
+    srv = world.server()
+    send(srv, ["someone@nullmx.test"])
+    (bounce,) = wait_inbox(srv, srv.sender, 1)
+    assert report(bounce)["status"] == "5.1.10"
+    wait_empty(srv)
+
+
+def test_unknown_domain_bounces(world):
+    srv = world.server()
+    send(srv, ["someone@no-such-domain.test"])
+    (bounce,) = wait_inbox(srv, srv.sender, 1)
+    assert report(bounce)["status"] == "5.1.2"
+
+
+def test_expiry_warns_then_bounces(world):
+    world.dns.add(REMOTE, "MX", "10 mx4.remote.test.")
+    world.sink4.greeting = "421 4.3.2 busy"
+    srv = world.server(lifetime=4, warn_after=1)
+    send(srv, ["late@remote.test"])
+    warning, bounce = wait_inbox(srv, srv.sender, 2, timeout=30)
+    assert warning["Subject"].startswith("Delayed Mail")
+    assert report(warning)["action"] == "delayed" and "will-retry-until" in report(warning)
+    assert report(bounce)["action"] == "failed" and report(bounce)["status"] == "4.4.7"
+    wait_empty(srv)
+    assert not world.sink4.received
+
+
+def test_queue_survives_sigkill_and_never_resends_confirmed(world):
+    world.dns.add(REMOTE, "MX", "10 mx4.remote.test.")
+    world.sink4.greeting = "421 4.3.2 busy"
+    srv = world.server(retry_min=1)
+    send(srv, ["a@remote.test"])
+    deadline = time.monotonic() + 20
+    while world.sink4.connections < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(srv.proc.pid, signal.SIGKILL)
+    srv.proc.wait()
+    srv.log.close()
+    (entry_file,) = queue_dir(srv).glob("*.json")
+    entry = json.loads(entry_file.read_text())
+    # As if a.remote had confirmed one recipient just before the crash:
+    entry["recipients"].append({"address": "b@remote.test", "local": False, "status": "delivered",
+                                "reason": "250 ok", "remote_mta": "mx4", "notified": False})
+    entry_file.write_text(json.dumps(entry))
+    world.sink4.greeting = None
+    srv.start()
+    (got,) = world.sink4.wait(1)
+    assert got.rcpt_tos == ["a@remote.test"]  # b was confirmed: never sent again
+    wait_empty(srv)
+
+
+def test_queue_commands(world):
+    world.dns.add(REMOTE, "MX", "10 mx4.remote.test.")
+    world.sink4.greeting = "421 4.3.2 busy"
+    srv = world.server(retry_min=3600, retry_max=3600)
+    send(srv, ["a@remote.test"])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        out = srv.cli("queue", "list")
+        if "last: " in out:
+            break
+        time.sleep(0.1)
+    assert "421 4.3.2 busy" in out and "a@remote.test" in out and "1 message(s), 1 recipient(s) waiting" in out
+    entry_id = out.splitlines()[1].split()[0]
+    shown = srv.cli("queue", "show", entry_id)
+    assert "<a@remote.test> pending" in shown and "Subject: outbound" in shown
+    assert srv.cli("queue", "hold", entry_id).strip() == f"held {entry_id}"
+    assert "held" in srv.cli("queue", "list")
+    world.sink4.greeting = None
+    srv.cli("queue", "flush")
+    time.sleep(2)
+    assert not world.sink4.received  # held: not tried
+    assert srv.cli("queue", "release", entry_id).strip() == f"released {entry_id}"
+    world.sink4.wait(1)
+    wait_empty(srv)
+
+    send(srv, ["b@remote.test"])  # delivered at once; then a held one to delete
+    world.sink4.wait(2)
+    world.sink4.greeting = "421 4.3.2 busy"
+    send(srv, ["c@remote.test"])
+    deadline = time.monotonic() + 20
+    while "c@remote.test" not in (out := srv.cli("queue", "list")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    entry_id = out.splitlines()[1].split()[0]
+    srv.cli("queue", "delete", entry_id)
+    assert "0 message(s)" in srv.cli("queue", "list")
+
+    for args, text in (
+        (("queue", "show", "nope"), "is not a queue ID"),
+        (("queue", "delete", "0" * 20), "no message 00000000000000000000 in the queue"),
+    ):
+        r = run_cli(*args, config=srv.config)
+        assert r.returncode == 1 and text in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
