@@ -34,7 +34,7 @@ STS_MAX_AGE = 604800
 GROUPS: dict[str, str] = {
     "MX": "Mail exchanger: other servers deliver mail for {domain} to {host}",
     "HOST": "Addresses of the mail host {host} (MX, SPF and every service point to it)",
-    "SPF": "SPF (RFC 7208): only the MX host sends mail as @{domain}",
+    "SPF": "SPF (RFC 7208): only the MX host sends mail as @{domain}; the second record covers its HELO name (bounces)",
     "DKIM": "DKIM (RFC 6376, RFC 8463): public keys of the signing keys, one record per selector",
     "DMARC": "DMARC (RFC 7489): what receivers do with mail failing SPF and DKIM alignment",
     "MTA-STS": "MTA-STS (RFC 8461): senders must use TLS with a valid certificate to reach {host}",
@@ -113,6 +113,8 @@ def records(cfg: Config, domain: str, addresses: Sequence[str] = (), now: dateti
         out.append(Record(H, "A", "", "HOST"))
 
     out.append(Record(D, "TXT", "v=spf1 mx -all", "SPF"))
+    # Bounces (null sender) are judged on the HELO name (RFC 7208 2.3).
+    out.append(Record(H, "TXT", "v=spf1 a -all", "SPF", required=False))
 
     keys = domain_keys(cfg.dkim.keys, d)  # a key that cannot be read raises DkimKeyError or OSError
     for k in keys:
@@ -343,7 +345,7 @@ def _check_spf(r: Record, c: _Ctx) -> Result:
         return "warn", f"found {_q(found[0])}; not evaluated: {c.host.rstrip('.')} has no address"
     for a in c.addresses:
         result, explanation = spf.check2(
-            i=a, s=f"postmaster@{c.domain}", h=c.host.rstrip("."), timeout=c.lookup.resolver.lifetime, querytime=0
+            i=a, s=f"postmaster@{r.name.rstrip('.')}", h=c.host.rstrip("."), timeout=c.lookup.resolver.lifetime, querytime=0
         )
         if result == "temperror":
             raise Unresolvable(f"SPF evaluation for {a}: {explanation}")

@@ -64,18 +64,22 @@ def make_server(tmp: Path, extra: str = "", **smtp: int) -> SmtpServer:
     home = tmp / "home"
     r = run_cli("init", "--home", str(home), "--domain", DOMAIN, "--dev", "--hostname", "localhost")
     assert r.returncode == 0, r.stderr
-    ports = free_port(), free_port(), free_port()
+    distinct: set[int] = set()
+    while len(distinct) < 6:  # free_port() may hand out one port twice
+        distinct.add(free_port())
+    picked = sorted(distinct)
+    ports = picked[0], picked[1], picked[2]
     cfg = (home / "mailstack.toml").read_text()
     for old, new in zip((10587, 10465, 10025), ports):
         cfg = cfg.replace(f"port = {old}", f"port = {new}")
-    imap_ports = free_port(), free_port()  # for an imapd on the same home (see imap_beside)
+    imap_ports = picked[3], picked[4]  # for an imapd on the same home (see imap_beside)
     cfg = cfg.replace("port = 10993", f"port = {imap_ports[0]}").replace("port = 10143", f"port = {imap_ports[1]}")
     settings = {"workers": 1, **smtp}
     cfg += "\n[smtp]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
     # Fast Argon2 for tests (the production parameters are tested in test_accounts).
     cfg += "\n[auth.argon2]\nmemory_kib = 8192\niterations = 1\n"
     if "[dns]" not in extra:
-        cfg += f"\n[dns]\nnameservers = [\"127.0.0.1\"]\nport = {free_port()}\ntimeout = 1.0\n"
+        cfg += f"\n[dns]\nnameservers = [\"127.0.0.1\"]\nport = {picked[5]}\ntimeout = 1.0\n"
         if "[mailauth]" not in extra:
             cfg += "\n[mailauth]\nverify = false\n"
     cfg += extra

@@ -82,6 +82,8 @@ class _Handler:
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
+        if self.sink.ehlo_garbage:  # a reply no SMTP client can parse
+            return ["this is not an SMTP reply"]
         return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
@@ -89,6 +91,12 @@ class _Handler:
         if reply.startswith("2"):
             envelope.rcpt_tos.append(address)
         return reply
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.sink.rset_drop:  # a host that goes away between two transactions
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return "421 4.3.2 Going away"
+        return "250 2.0.0 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         sink = self.sink
@@ -142,6 +150,8 @@ class SmtpSink:
         self.greeting: str | None = None
         self.rcpt_replies: dict[str, str] = {}
         self.data_replies: list[str] = []
+        self.rset_drop = False  # answer RSET with 421 and close
+        self.ehlo_garbage = False  # answer EHLO with a line that has no reply code
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

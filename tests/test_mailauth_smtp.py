@@ -147,3 +147,41 @@ def test_submission_is_signed_and_independent_verifiers_agree(mx, tmp_path):
     for i in range(2):
         with pytest.raises(dkim.ValidationError, match="body hash mismatch"):
             tampered.verify(idx=i, dnsfunc=dkimpy_dnsfunc(mx.dns))
+
+
+def test_no_signature_for_a_from_the_sender_does_not_own(mx):
+    mx.cli("dkim", "keygen", DOMAIN, "--selector", "s1")
+    colleague = mx.add_user("Paul", "Durand")
+    mx.dns.add(REMOTE, "MX", "10 mx4.remote.test.")
+    mx.dns.add("mx4.remote.test", "A", "127.0.0.1")
+    sender = f"{mx.rcpt}@{DOMAIN}"
+    with mx.submission(mx.rcpt) as s:
+        for author in (sender, f"{colleague}@{DOMAIN}"):
+            s.sendmail(sender, [f"friend@{REMOTE}"], f"From: <{author}>\r\nSubject: x\r\n\r\nbody\r\n".encode())
+    own, forged = sorted(mx.sink.wait(2), key=lambda r: colleague.encode() in r.data)
+    assert b"DKIM-Signature:" in own.data
+    assert b"DKIM-Signature:" not in forged.data
+    assert "not signing: From: <" in mx.log_path.read_text()
+
+
+def test_forged_results_removed_from_a_message_without_body(mx):
+    mx.dns.add(REMOTE, "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
+    deliver_mx(mx, b"Authentication-Results: localhost; dmarc=pass header.from=bank.test\r\nSubject: no body\r\n")
+    ar = results(delivered(mx))  # one: ours
+    assert "bank.test" not in ar and "spf=pass" in ar
+
+
+def test_an_unusable_author_beside_a_real_one_does_not_escape_dmarc(mx):
+    mx.dns.add(REMOTE, "TXT", '"v=spf1 ip4:192.0.2.1 -all"')
+    mx.dns.add(f"_dmarc.{REMOTE}", "TXT", '"v=DMARC1; p=reject"')
+    msg = message().replace(b"From: Alice <alice@remote.test>", b"From: nobody, Alice <alice@remote.test>")
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        deliver_mx(mx, msg)
+    assert e.value.smtp_code == 550
+
+
+def test_mail_loop_is_refused(mx):
+    hops = b"".join(b"Received: from a.test by b.test; Wed, 25 Nov 2026 08:00:00 +0000\r\n" for _ in range(51))
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        deliver_mx(mx, hops + message())
+    assert e.value.smtp_code == 554 and b"5.4.6" in e.value.smtp_error

@@ -168,6 +168,7 @@ def test_permanent_failure_bounces_to_the_sender(world):
     (got,) = world.sink4.wait(1)
     assert got.rcpt_tos == ["friend@remote.test"]
     (bounce,) = wait_inbox(srv, srv.sender, 1)
+    assert not any(part.defects for part in bounce.walk()), [part.defects for part in bounce.walk()]
     fields = report(bounce)
     assert fields["final-recipient"] == "rfc822; nobody@remote.test"
     assert fields["action"] == "failed" and fields["status"] == "5.1.1"
@@ -192,12 +193,14 @@ def test_no_bounce_for_a_bounce(world):
     assert srv.messages(srv.sender) == []
 
 
-def test_null_mx_bounces_at_once(world):
+def test_null_mx_bounces_at_once_signed(world):
     world.dns.add("nullmx.test", "MX", "0 .")
     srv = world.server()
+    srv.cli("dkim", "keygen", DOMAIN, "--selector", "s1")
     send(srv, ["someone@nullmx.test"])
     (bounce,) = wait_inbox(srv, srv.sender, 1)
     assert report(bounce)["status"] == "5.1.10"
+    assert f"d={DOMAIN}" in " ".join(str(bounce["DKIM-Signature"]).split())  # DMARC-aligned with MAILER-DAEMON@
     wait_empty(srv)
 
 
@@ -287,3 +290,35 @@ def test_queue_commands(world):
     ):
         r = run_cli(*args, config=srv.config)
         assert r.returncode == 1 and text in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_a_confirmed_transaction_is_not_resent_when_the_host_goes_away(world):
+    """Transaction 1 (a) is confirmed; the host drops the session before
+    transaction 2 (b): only b goes to the next MX host."""
+    world.dns.add(REMOTE, "MX", "10 mx4.remote.test.", "20 mx6.remote.test.")
+    world.sink4.rcpt_replies = {"b@remote.test": "452 4.5.3 Too many recipients"}
+    world.sink4.rset_drop = True
+    srv = world.server()
+    send(srv, ["a@remote.test", "b@remote.test"])
+    (first,) = world.sink4.wait(1)
+    (second,) = world.sink6.wait(1)
+    assert first.rcpt_tos == ["a@remote.test"] and second.rcpt_tos == ["b@remote.test"]
+    wait_empty(srv)
+    time.sleep(0.5)
+    assert len(world.sink4.received) == 1 and len(world.sink6.received) == 1
+
+
+def test_a_garbled_reply_neither_stalls_the_queue_nor_duplicates(world):
+    """One domain's host answers nonsense (aiosmtplib raises on it); the other
+    domain gets its copy once, and the entry still ages and bounces."""
+    world.dns.add("good.test", "MX", "10 mx4.remote.test.")
+    world.dns.add("bad.test", "MX", "10 mx6.remote.test.")
+    world.sink6.ehlo_garbage = True
+    srv = world.server(lifetime=4, warn_after=0)
+    send(srv, ["x@good.test", "y@bad.test"])
+    (bounce,) = wait_inbox(srv, srv.sender, 1)
+    fields = report(bounce)
+    assert fields["final-recipient"] == "rfc822; y@bad.test" and fields["status"] == "4.4.7"
+    assert "invalid reply" in fields["diagnostic-code"]
+    wait_empty(srv)
+    assert [m.rcpt_tos for m in world.sink4.received] == [["x@good.test"]]

@@ -207,12 +207,12 @@ def _from_domains(headers: bytes) -> list[str]:
             domain = domain.encode("idna").decode("ascii")
         except UnicodeError:
             domain = ""
-        if not _DOMAIN.match(domain):
-            raise _PermError("no usable domain in From")
-        if domain not in domains:
+        # An unusable address beside a real one must not hide the real one's
+        # policy (a sender could otherwise turn p=reject into permerror).
+        if _DOMAIN.match(domain) and domain not in domains:
             domains.append(domain)
     if not domains:
-        raise _PermError("no address in From")
+        raise _PermError("no usable address in From")
     return domains
 
 

@@ -2,14 +2,14 @@
 
 DMARC judges a message by the domain in its From: header, so that is the
 domain whose keys sign (d=), never the envelope sender's.  Mail whose From:
-is not one of our domains, or whose domain has no key yet, goes unsigned.
+is not one of our domains, or whose domain has no key yet, goes unsigned;
+so does mail whose From: address the sender does not own (``owned``), or
+our signature would vouch for a colleague's name on someone else's mail.
 """
 
 from __future__ import annotations
 
 import logging
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.utils import getaddresses
 from typing import BinaryIO, Callable
 
@@ -18,31 +18,38 @@ from .keys import domain_keys
 
 log = logging.getLogger("mailstack.dkim")
 
-HEAD_LIMIT = 256 * 1024
+def from_address(f: BinaryIO) -> str | None:
+    """The single author address in From:; None when there is none or more
+    than one (RFC 7489 6.6.1: no single author), or the header block is
+    over the limit the signer reads: the signer and this check must see the
+    same fields, or a second From: could hide behind the first."""
+    from .dkim import field_name, read_header_block, split_fields
 
-
-def from_domain(f: BinaryIO) -> str | None:
-    """The domain of the single author address in From:, lowercased; None
-    when there is none or more than one (RFC 7489 6.6.1: no single author)."""
-    head = f.read(HEAD_LIMIT)
-    end = head.find(b"\r\n\r\n")
-    if end >= 0:
-        head = head[: end + 2]
-    msg = BytesHeaderParser(policy=compat32).parsebytes(head)
-    values = msg.get_all("From") or []
+    try:
+        head = read_header_block(f)
+    except ValueError:
+        return None
+    values = [fld.partition(b":")[2] for fld in split_fields(head) if field_name(fld) == b"from"]
     if len(values) != 1:
         return None
-    addresses = [a for _, a in getaddresses([str(values[0])]) if "@" in a]
+    text = values[0].replace(b"\r", b"").replace(b"\n", b"").decode("utf-8", "replace")
+    addresses = [a for _, a in getaddresses([text]) if "@" in a]
     if len(addresses) != 1:
         return None
-    return addresses[0].rpartition("@")[2].strip().lower() or None
+    return addresses[0].strip()
 
 
-def sign_for_domain(open_message: Callable[[], BinaryIO], cfg: Config) -> bytes:
+def sign_for_domain(open_message: Callable[[], BinaryIO], cfg: Config, owned: Callable[[str], bool]) -> bytes:
     """DKIM-Signature header lines for the message, or b"" when it is not ours to sign."""
     with open_message() as f:
-        domain = from_domain(f)
-    if domain is None or domain not in cfg.server.domains:
+        author = from_address(f)
+    if author is None:
+        return b""
+    domain = author.rpartition("@")[2].lower()
+    if domain not in cfg.server.domains:
+        return b""
+    if not owned(author):
+        log.warning("dkim: not signing: From: <%s> is not the sender's", author[:200])
         return b""
     keys = domain_keys(cfg.dkim.keys, domain)
     if not keys:

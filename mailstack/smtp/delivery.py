@@ -20,6 +20,7 @@ from pathlib import Path
 from ..accounts.directory import AccountInfo
 from ..config import Config
 from ..mailboxes import limits, mailbox_for
+from ..store import NoSuchFolder
 from ..store.folder import Folder, OverQuota
 from .queue import Entry, Queue, Recipient
 from .spool import SpoolFile
@@ -68,7 +69,12 @@ class LocalDelivery:
             if idle:
                 self._count -= 1
                 return key, idle.pop()
-        return key, mailbox_for(self.cfg, info).folder(folder, sync=False)  # drop() needs no index
+        try:
+            return key, mailbox_for(self.cfg, info).folder(folder, sync=False)  # drop() needs no index
+        except NoSuchFolder:  # Junk deleted by its owner: the inbox rather than no delivery
+            if folder == "INBOX":
+                raise
+            return self._checkout(info)
 
     def _checkin(self, key: tuple[str, str, int, int], folder: Folder) -> None:
         with self._lock:
@@ -93,9 +99,9 @@ class LocalDelivery:
         with spool.open() as f:
             return folder.drop(f)
 
-    def deliver_file(self, info: AccountInfo, path: Path) -> str:
-        """A queued message (a retry, a bounce) into an account's INBOX."""
-        key, folder = self._checkout(info)
+    def deliver_file(self, info: AccountInfo, path: Path, folder_name: str = "INBOX") -> str:
+        """A queued message (a retry, a bounce) into an account's folder."""
+        key, folder = self._checkout(info, folder_name)
         try:
             with open(path, "rb") as f:
                 return folder.drop(f)
@@ -136,6 +142,7 @@ class LocalDelivery:
                 tx.spool.finish(sync=True)
                 self.queue.add(tx.spool.path, Entry(
                     tx.id, tx.sender, later, client=tx.client, body="8BITMIME" if tx.body8 else "", smtputf8=tx.smtputf8,
+                    folder=tx.folder,
                 ))
                 tx.queued = True
             except OSError as e:

@@ -41,6 +41,12 @@ def original_headers(f: BinaryIO) -> bytes:
     return head.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
+def _line(text: str) -> str:
+    """No line break from anything quoted in a header (addresses are checked
+    at the SMTP door already; this is the second lock)."""
+    return re.sub(r"[\x00-\x1f\x7f]", " ", text)
+
+
 def _ascii(text: str) -> str:
     return text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")
 
@@ -103,7 +109,7 @@ def build(
     msg_id = f"<{entry.id}.{int(now)}.{os.urandom(4).hex()}@{hostname}>"
     head = (
         f"From: Mail Delivery System <{postmaster}>\r\n"
-        f"To: <{entry.sender}>\r\n"
+        f"To: <{_line(entry.sender)}>\r\n"
         f"Subject: {subject}\r\n"
         f"Date: {formatdate(now, localtime=False, usegmt=True)}\r\n"
         f"Message-ID: {msg_id}\r\n"
@@ -126,4 +132,5 @@ def build(
         "Content-Type: text/rfc822-headers\r\n"
         "Content-Description: Undelivered Message Headers\r\n\r\n"
     )
-    return (head + body).encode("utf-8") + headers  # UTF-8 only in To: of an SMTPUTF8 sender + f"\r\n--{boundary}--\r\n".encode("ascii")
+    # UTF-8 appears only in To: of an SMTPUTF8 sender.
+    return (head + body).encode("utf-8") + headers + f"\r\n--{boundary}--\r\n".encode("ascii")

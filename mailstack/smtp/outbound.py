@@ -25,6 +25,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import aiosmtplib
 import dns.asyncresolver
@@ -112,6 +113,31 @@ def _reply(r: aiosmtplib.SMTPResponse) -> str:
     return f"{r.code} {' '.join(r.message.split())}"[:900]
 
 
+Record = Callable[[dict[str, Outcome]], Awaitable[None]]
+
+
+class _Attempt:
+    """One message to one domain: the outcomes so far, kept across hosts so a
+    connection lost after a confirmed transaction never resends it."""
+
+    def __init__(self, domain: str, sender: str, recipients: list[str], message: Path, prefix: bytes,
+                 body8: bool, smtputf8: bool, record: Record | None):
+        self.domain, self.sender, self.message, self.prefix = domain, sender, message, prefix
+        self.recipients, self.body8, self.smtputf8 = recipients, body8, smtputf8
+        self.out: dict[str, Outcome] = {}
+        self._record = record
+
+    @property
+    def todo(self) -> list[str]:
+        return [r for r in self.recipients if r not in self.out]
+
+    async def settle(self, outcomes: dict[str, Outcome]) -> None:
+        """Final answers for some recipients; delivered ones are recorded at once."""
+        self.out.update(outcomes)
+        if self._record is not None and outcomes:
+            await self._record(outcomes)
+
+
 class Delivery:
     """One message to one destination domain."""
 
@@ -122,13 +148,30 @@ class Delivery:
 
     async def deliver(
         self, domain: str, sender: str, recipients: list[str], message: Path, prefix: bytes = b"",
-        *, body8: bool = False, smtputf8: bool = False,
+        *, body8: bool = False, smtputf8: bool = False, record: Record | None = None,
     ) -> dict[str, Outcome]:
+        """An outcome for every recipient; never raises (a bug or a hostile
+        reply leaves the rest pending).  ``record`` is awaited with each
+        transaction's outcomes as soon as the remote host gives them."""
+        att = _Attempt(domain, sender, recipients, message, prefix, body8, smtputf8, record)
+        try:
+            last = await self._try_hosts(att)
+        except Exception as e:  # noqa: BLE001 (an outcome for every recipient, whatever happened)
+            log.exception("outbound domain=%s failed", domain)
+            last = f"451 4.3.0 Delivery attempt failed: {_why(e)}"
+        return {**{r: Outcome("pending", last) for r in att.todo}, **att.out}
+
+    async def _try_hosts(self, att: _Attempt) -> str:
+        """Tries MX hosts until all recipients have an answer; returns the last
+        temporary problem for those that have none."""
+        domain = att.domain
         try:
             hosts = await mx_hosts(self.resolver, domain)
-        except (Permanent, Temporary) as e:
-            status = "failed" if isinstance(e, Permanent) else "pending"
-            return {r: Outcome(status, str(e)) for r in recipients}
+        except Permanent as e:
+            await att.settle({r: Outcome("failed", str(e)) for r in att.todo})
+            return ""
+        except Temporary as e:
+            return str(e)
         last = f"451 4.4.1 No MX host of {domain} answered"
         for host in hosts:
             try:
@@ -137,22 +180,26 @@ class Delivery:
                 last = str(e)
                 continue
             if not addrs:
+                if hosts == [domain]:  # no MX and no address: not a mail domain (RFC 5321 5.1)
+                    await att.settle({r: Outcome("failed", f"556 5.1.2 Domain {domain} has no MX and no address") for r in att.todo})
+                    return ""
                 last = f"451 4.4.4 MX host {host} has no address"
                 continue
             for addr in addrs:
                 try:
-                    return await self._session(host, addr, domain, sender, recipients, message, prefix, body8, smtputf8)
+                    await self._session(host, addr, att)
+                    return last
                 except _NextHost as e:
                     last = str(e)
                     log.info("outbound domain=%s host=%s[%s] %s", domain, host, addr, last)
-        return {r: Outcome("pending", last) for r in recipients}
+                if not att.todo:
+                    return last
+        return last
 
-    async def _session(
-        self, host: str, addr: str, domain: str, sender: str, recipients: list[str], message: Path,
-        prefix: bytes, body8: bool, smtputf8: bool, use_tls: bool = True,
-    ) -> dict[str, Outcome]:
+    async def _session(self, host: str, addr: str, att: _Attempt, use_tls: bool = True) -> None:
         q = self.cfg.queue
         mta = f"{host}[{addr}]"
+        policy = tls_policy(self.cfg, att.domain)
         client = aiosmtplib.SMTP(
             hostname=addr, port=q.port, local_hostname=self.cfg.hostname, timeout=q.timeout, start_tls=False,
         )
@@ -160,7 +207,7 @@ class Delivery:
             try:
                 await client.connect(timeout=q.connect_timeout)
             except aiosmtplib.SMTPConnectResponseError as e:
-                raise _NextHost(f"{mta} refused the session: {e.code} {e.message}") from None
+                raise _NextHost(f"451 4.4.1 {mta} refused the session: {e.code} {_one_line(e.message)}") from None
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:
                 raise _NextHost(f"451 4.4.1 Cannot connect to {mta}: {_why(e)}") from None
             try:
@@ -169,17 +216,19 @@ class Delivery:
                     try:
                         await client.starttls(tls_context=self.tls, server_hostname=host)
                     except (aiosmtplib.SMTPException, ssl.SSLError, OSError, asyncio.TimeoutError) as e:
-                        if tls_policy(self.cfg, domain) == "may":  # once more, in clear
+                        if policy == "may":  # once more, in clear
                             client.close()
-                            log.info("outbound domain=%s host=%s STARTTLS failed (%s); retrying without TLS", domain, mta, _why(e))
-                            return await self._session(host, addr, domain, sender, recipients, message, prefix, body8, smtputf8, False)
+                            log.info("outbound domain=%s host=%s STARTTLS failed (%s); retrying without TLS", att.domain, mta, _why(e))
+                            return await self._session(host, addr, att, False)
                         raise _NextHost(f"451 4.7.5 STARTTLS with {mta} failed: {_why(e)}") from None
                     await self._hello(client, mta)
-                elif tls_policy(self.cfg, domain) == "encrypt":
+                elif policy == "encrypt":
                     raise _NextHost(f"451 4.7.4 {mta} does not offer STARTTLS and TLS is required")
-                return await self._transactions(client, mta, sender, recipients, message, prefix, body8, smtputf8)
+                await self._transactions(client, mta, att)
             except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError, asyncio.TimeoutError) as e:
                 raise _NextHost(f"451 4.4.2 Connection to {mta} lost: {_why(e)}") from None
+            except aiosmtplib.SMTPResponseException as e:  # a reply aiosmtplib cannot parse
+                raise _NextHost(f"451 4.5.0 {mta} sent an invalid reply: {e.code} {_one_line(e.message)}") from None
         finally:
             if client.is_connected:
                 try:
@@ -195,55 +244,57 @@ class Delivery:
             try:
                 await client.helo(hostname=self.cfg.hostname)
             except aiosmtplib.SMTPHeloError as e:
-                raise _NextHost(f"{mta} refused HELO: {e.code} {e.message}") from None
+                raise _NextHost(f"451 4.4.1 {mta} refused HELO: {e.code} {_one_line(e.message)}") from None
 
-    async def _transactions(
-        self, client: aiosmtplib.SMTP, mta: str, sender: str, recipients: list[str], message: Path,
-        prefix: bytes, body8: bool, smtputf8: bool,
-    ) -> dict[str, Outcome]:
-        size = len(prefix) + message.stat().st_size
+    async def _transactions(self, client: aiosmtplib.SMTP, mta: str, att: _Attempt) -> None:
+        size = len(att.prefix) + att.message.stat().st_size
         limit = client.esmtp_extensions.get("size", "")
         if limit.isdigit() and 0 < int(limit) < size:
-            return {r: Outcome("failed", f"552 5.3.4 Message too big for {mta} ({size} > {limit} bytes)", mta) for r in recipients}
-        needs_utf8 = smtputf8 or not all(a.isascii() for a in (sender, *recipients))
+            reply = f"552 5.3.4 Message too big for {mta} ({size} > {limit} bytes)"
+            await att.settle({r: Outcome("failed", reply, mta) for r in att.todo})
+            return
+        needs_utf8 = not all(a.isascii() for a in (att.sender, *att.recipients))
         if needs_utf8 and not client.supports_extension("smtputf8"):
-            return {r: Outcome("failed", f"553 5.6.7 {mta} does not support SMTPUTF8", mta) for r in recipients}
+            await att.settle({r: Outcome("failed", f"553 5.6.7 {mta} does not support SMTPUTF8", mta) for r in att.todo})
+            return
         params = []
         if client.supports_extension("size"):
             params.append(f"SIZE={size}".encode())
-        if body8 and client.supports_extension("8bitmime"):
+        if att.body8 and client.supports_extension("8bitmime"):
             params.append(b"BODY=8BITMIME")
-        if needs_utf8:
+        if (needs_utf8 or att.smtputf8) and client.supports_extension("smtputf8"):
             params.append(b"SMTPUTF8")
-        out: dict[str, Outcome] = {}
-        todo = list(recipients)
         first = True
-        while todo:
+        while att.todo:
             if not first:
-                await client.execute_command(b"RSET")
+                r = await client.execute_command(b"RSET")
+                if r.code != 250:
+                    raise _NextHost(f"451 4.4.2 {mta} refused RSET: {_reply(r)}")
             first = False
-            r = await client.execute_command(b"MAIL", f"FROM:<{sender}>".encode(), *params)
+            todo = att.todo
+            r = await client.execute_command(b"MAIL", f"FROM:<{att.sender}>".encode(), *params)
             if r.code != 250:
                 status = "failed" if r.code >= 500 else "pending"
-                out.update({a: Outcome(status, _reply(r), mta) for a in todo})
-                return out
-            accepted = []
-            batch, todo = todo[:BATCH], todo[BATCH:]
-            for a in batch:
+                await att.settle({a: Outcome(status, _reply(r), mta) for a in todo})
+                return
+            accepted: list[str] = []
+            refused: dict[str, Outcome] = {}
+            for a in todo[:BATCH]:
                 r = await client.execute_command(b"RCPT", f"TO:<{a}>".encode())
                 if r.code in (250, 251):
                     accepted.append(a)
-                elif r.code == 452 and accepted:  # too many recipients: the rest in the next transaction
-                    todo = [b for b in batch[batch.index(a):] if b not in accepted] + todo
+                elif r.code in (452, 552) and accepted:  # too many recipients (RFC 5321 4.5.3.1.10): next transaction
                     break
                 else:
-                    out[a] = Outcome("failed" if r.code >= 500 else "pending", _reply(r), mta)
+                    refused[a] = Outcome("failed" if r.code >= 500 else "pending", _reply(r), mta)
+            await att.settle(refused)
             if not accepted:
+                if not refused:
+                    return
                 continue
-            r = await self._send_data(client, prefix, message)
+            r = await self._send_data(client, att.prefix, att.message)
             status = "delivered" if r.code == 250 else "failed" if r.code >= 500 else "pending"
-            out.update({a: Outcome(status, _reply(r), mta) for a in accepted})
-        return out
+            await att.settle({a: Outcome(status, _reply(r), mta) for a in accepted})
 
     async def _send_data(self, client: aiosmtplib.SMTP, prefix: bytes, message: Path) -> aiosmtplib.SMTPResponse:
         """DATA, streamed from the file (see the module docstring)."""
@@ -273,4 +324,8 @@ class _NextHost(Exception):
 
 
 def _why(e: BaseException) -> str:
-    return (str(e) or type(e).__name__).splitlines()[0][:200]
+    return _one_line(str(e) or type(e).__name__)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:200]

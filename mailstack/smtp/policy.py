@@ -13,18 +13,22 @@ Every directory lookup runs in the server's thread pool, never on the loop.
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from ..config import SmtpListener
 from ..store.quota import QuotaExceeded
 from .delivery import Transaction
-from .spool import SpoolFile, new_id, received_header
+from .spool import HEAD_LIMIT, HeaderTooLarge, SpoolFile, header_end, new_id, received_header
 
 if TYPE_CHECKING:
     from .protocol import MailEnvelope, SmtpSession
     from .server import Server
 
 log = logging.getLogger("mailstack.smtp")
+
+MAX_HOPS = 50  # Received headers before a message is taken for a loop (Postfix: 50)
+_RECEIVED = re.compile(rb"(?:^|\n)received[ \t]*:", re.IGNORECASE)
 
 
 class Policy:
@@ -95,35 +99,53 @@ class Policy:
     # -- the message ---------------------------------------------------------------------
 
     def _mail_auth(self, tx: Transaction) -> str | None:
-        """Submission: DKIM-sign.  MX: SPF, DKIM, DMARC into Authentication-Results,
-        and the DMARC policy.  Blocking (DNS, the spool): runs in the pool.
-        Returns a refusal, or None to deliver."""
+        """Loops, then submission: DKIM-sign; MX: SPF, DKIM, DMARC into
+        Authentication-Results and the DMARC policy.  Either way a copy of
+        that header claiming our host name is removed: only we write it.
+        Blocking (DNS, the spool): runs in the pool.  Returns a refusal, or
+        None to deliver."""
+        from ..mailauth.inbound import strip_forged
+
         spool = tx.spool
+        hostname = self.cfg.hostname
+        try:
+            with spool.open() as f:
+                head = f.read(HEAD_LIMIT + 2)
+            head = head[: header_end(head, len(head) <= HEAD_LIMIT)]
+        except HeaderTooLarge:
+            return "554 5.6.0 Header section too large"
+        if len(_RECEIVED.findall(head)) > MAX_HOPS:  # RFC 5321 6.3: a mail loop
+            log.warning("message id=%s refused: more than %d Received headers (loop)", tx.id, MAX_HOPS)
+            return "554 5.4.6 Too many hops: mail loop"
+        strip = lambda block: strip_forged(block, hostname)  # noqa: E731
         if self.submission:
+            signature = b""
             if self.cfg.dkim.sign:
                 from ..mailauth.signing import sign_for_domain
 
-                signature = sign_for_domain(spool.open, self.cfg)
+                def owned(address: str) -> bool:
+                    reached = self.server.directory.expand_local(address)
+                    return reached is not None and any(a.login == tx.login for a in reached[0])
+
+                signature = sign_for_domain(spool.open, self.cfg, owned)
                 if signature:
-                    spool.rewrite_head(signature)
                     tx.results.append("dkim=signed")
+            spool.rewrite_head(signature, strip)
             return None
         if not self.cfg.mailauth.verify:
+            spool.rewrite_head(b"", strip)
             return None
-        from ..mailauth.inbound import authenticate, strip_forged
+        from ..mailauth.inbound import authenticate
 
         with spool.open() as f:
-            verdict = authenticate(
-                f, authserv_id=self.cfg.hostname, client_ip=tx.client, helo=tx.helo, mail_from=tx.sender,
-            )
+            verdict = authenticate(f, authserv_id=hostname, client_ip=tx.client, helo=tx.helo, mail_from=tx.sender)
         tx.results.append(f"spf={verdict.spf} dkim={'+'.join(d.result for d in verdict.dkim) or 'none'} dmarc={verdict.dmarc}")
         action = verdict.action(self.cfg.mailauth.enforce_dmarc)
         if action == "reject":
             return f"550 5.7.1 Message refused by the DMARC policy of {verdict.from_domain or 'its author domain'}"
         if action == "quarantine":
             tx.folder = "Junk"
-        hostname = self.cfg.hostname
-        spool.rewrite_head(verdict.header, lambda head: strip_forged(head, hostname))
+        spool.rewrite_head(verdict.header, strip)
         return None
 
     def open_spool(self, smtp: SmtpSession) -> SpoolFile:

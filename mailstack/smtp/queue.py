@@ -57,6 +57,7 @@ class Entry:
     client: str = ""
     warned: bool = False  # the sender was told of the delay
     body: str = ""  # "8BITMIME" when the client declared it
+    folder: str = "INBOX"  # for local recipients: "Junk" when a policy quarantined it
     smtputf8: bool = False
 
     @property

@@ -108,7 +108,9 @@ def run_queue_command(args: argparse.Namespace, cfg: Config) -> int:
         ids = [args.id] if args.id else q.ids()
         n = 0
         for entry_id in ids:
-            e = _entry(q, entry_id)
+            e = _entry(q, entry_id) if args.id else q.load(entry_id)
+            if e is None:
+                continue  # delivered since the listing
             if e.held:
                 if args.id:
                     raise _fail(f"message {entry_id} is held; `mailstack queue release {entry_id}` first")

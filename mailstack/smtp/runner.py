@@ -18,18 +18,20 @@ backoff between ``retry_min`` and ``retry_max``, never past the lifetime.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
+import io
 import logging
 import os
 import time
 from typing import TYPE_CHECKING
 
+from ..mailauth.signing import sign_for_domain
 from ..resolver import make_async_resolver
 from ..store.folder import OverQuota
 from . import dsn
 from .outbound import Delivery, Outcome, client_tls_context
 from .queue import Entry, Recipient
-from .spool import new_id
 
 if TYPE_CHECKING:
     from .server import Server
@@ -56,7 +58,8 @@ class QueueRunner:
         self._active: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.cfg.queue.concurrency)
+        self._slots = asyncio.Semaphore(self.cfg.queue.concurrency)  # entries being worked on
+        self._connections = asyncio.Semaphore(self.cfg.queue.concurrency)  # remote sessions open
         self._domains: dict[str, tuple[asyncio.Semaphore, int]] = {}  # per destination: limit, users
         self._stopping = False
 
@@ -105,6 +108,9 @@ class QueueRunner:
                     continue
                 del self._due[entry_id]
                 await self._slots.acquire()
+                if self._stopping:
+                    self._slots.release()
+                    break
                 self._active.add(entry_id)
                 task = asyncio.create_task(self._attempt(entry_id))
                 self._tasks.add(task)
@@ -130,26 +136,32 @@ class QueueRunner:
 
     async def _attempt(self, entry_id: str) -> None:
         fd = None
+        run = self.server.run_to_the_end  # the lock is held until every thread's work is done
         try:
-            fd = await self.server.run(self.queue.try_lock, entry_id)
+            fd = await run(self.queue.try_lock, entry_id)
             if fd is None:
                 return  # another worker has it, or it is gone
-            entry = await self.server.run(self.queue.load, entry_id)
+            entry = await run(self.queue.load, entry_id)
             if entry is None or entry.held:
                 return
             if entry.next_attempt > time.time() + 0.5:  # deferred by another worker meanwhile
                 self.schedule(entry_id, entry.next_attempt)
                 return
-            save_lock = asyncio.Lock()
             if any(r.local for r in entry.pending):
-                await self.server.run(self._deliver_local, entry)
+                await run(self._deliver_local, entry)
             by_domain: dict[str, list[Recipient]] = {}
             for r in entry.pending:
                 if not r.local:
                     by_domain.setdefault(r.address.rpartition("@")[2].lower(), []).append(r)
             if by_domain:
-                await asyncio.gather(*(self._domain(entry, d, rs, save_lock) for d, rs in by_domain.items()))
-            when = await self.server.run(self._finish, entry)
+                save_lock = asyncio.Lock()
+                results = await asyncio.gather(
+                    *(self._domain(entry, d, rs, save_lock) for d, rs in by_domain.items()), return_exceptions=True,
+                )
+                for e in results:  # deliver() never raises; this is a bug, logged, and the entry goes on
+                    if isinstance(e, BaseException) and not isinstance(e, asyncio.CancelledError):
+                        log.error("queue id=%s domain delivery failed: %r", entry_id, e)
+            when = await run(self._finish, entry)
             if when is not None:
                 self.schedule(entry_id, when)
         except Exception:
@@ -162,13 +174,24 @@ class QueueRunner:
             self._slots.release()
 
     async def _domain(self, entry: Entry, domain: str, rcpts: list[Recipient], save_lock: asyncio.Lock) -> None:
+        by_address = {r.address: r for r in rcpts}
+
+        async def record(outcomes: dict[str, Outcome]) -> None:
+            """A remote host's answers: on disk before the session goes on."""
+            for address, o in outcomes.items():
+                self._apply(entry, by_address[address], o)
+            if any(o.status != "pending" for o in outcomes.values()):
+                async with save_lock:
+                    text = entry.to_json()
+                    await self.server.run_to_the_end(self.queue.save_text, entry.id, text)
+
         sem, users = self._domains.get(domain) or (asyncio.Semaphore(self.cfg.queue.per_destination), 0)
         self._domains[domain] = (sem, users + 1)
         try:
-            async with sem:
+            async with sem, self._connections:
                 outcomes = await self.outbound.deliver(
-                    domain, entry.sender, [r.address for r in rcpts], self.queue.message_path(entry.id),
-                    body8=entry.body == "8BITMIME", smtputf8=entry.smtputf8,
+                    domain, entry.sender, list(by_address), self.queue.message_path(entry.id),
+                    body8=entry.body == "8BITMIME", smtputf8=entry.smtputf8, record=record,
                 )
         finally:
             sem, users = self._domains[domain]
@@ -176,12 +199,9 @@ class QueueRunner:
                 del self._domains[domain]  # idle destinations are forgotten
             else:
                 self._domains[domain] = (sem, users - 1)
-        for r in rcpts:
-            self._apply(entry, r, outcomes.get(r.address, Outcome("pending", "451 4.3.0 no outcome")))
-        if any(o.status != "pending" for o in outcomes.values()):
-            async with save_lock:  # a confirmed delivery is on disk before anything else
-                text = entry.to_json()
-                await self.server.run(self.queue.save_text, entry.id, text)
+        left = {a: o for a, o in outcomes.items() if by_address[a].status == "pending" and o.status == "pending"}
+        for address, o in left.items():  # never recorded: temporary answers, kept in memory until _finish saves
+            self._apply(entry, by_address[address], o)
 
     def _apply(self, entry: Entry, r: Recipient, o: Outcome) -> None:
         r.status, r.reason, r.remote_mta = o.status, o.reason, o.remote_mta
@@ -194,23 +214,29 @@ class QueueRunner:
     # -- blocking parts (thread pool) ------------------------------------------------
 
     def _deliver_local(self, entry: Entry) -> None:
+        """Each delivered recipient is saved before the next one is tried: a
+        failure part-way never puts a second copy in a mailbox."""
         path = self.queue.message_path(entry.id)
         for r in entry.pending:
             if not r.local:
                 continue
-            reached = self.server.directory.expand_local(r.address)
-            if reached is None or not reached[0]:
-                self._apply(entry, r, Outcome("failed", "550 5.1.1 Recipient address unknown"))
-                continue
             try:
+                reached = self.server.directory.expand_local(r.address)
+                if reached is None or not reached[0]:
+                    self._apply(entry, r, Outcome("failed", "550 5.1.1 Recipient address unknown"))
+                    self.queue.save(entry)
+                    continue
                 for info in reached[0]:
-                    self.server.delivery.deliver_file(info, path)
-                self._apply(entry, r, Outcome("delivered", "250 2.0.0 delivered to the mailbox"))
+                    self.server.delivery.deliver_file(info, path, entry.folder)
             except OverQuota:
                 self._apply(entry, r, Outcome("pending", "452 4.2.2 Mailbox full"))
-            except OSError as e:
-                self._apply(entry, r, Outcome("pending", f"451 4.3.0 Local delivery failed: {e.strerror or e}"))
-        self.queue.save(entry)
+                continue
+            except Exception as e:  # noqa: BLE001 (database down, disk error: try again later)
+                log.error("queue id=%s local delivery to=<%s> failed: %r", entry.id, r.address[:200], e)
+                self._apply(entry, r, Outcome("pending", "451 4.3.0 Local delivery failed; will retry"))
+                continue
+            self._apply(entry, r, Outcome("delivered", "250 2.0.0 Delivered to the mailbox"))
+            self.queue.save(entry)
 
     def _finish(self, entry: Entry) -> float | None:
         """Bounces, warning, next attempt; None when the entry is done and removed."""
@@ -250,6 +276,7 @@ class QueueRunner:
             entry, recipients, hostname=self.cfg.hostname, postmaster=f"MAILER-DAEMON@{self.cfg.default_domain}",
             headers=headers, delay=delay, retry_until=entry.created + self.cfg.queue.lifetime,
         )
+        signature = sign_for_domain(lambda: io.BytesIO(message), self.cfg, lambda _: True)  # our own address
         rcpts: list[Recipient]
         domain = entry.sender.rpartition("@")[2].lower()
         if domain in self.cfg.server.domains:
@@ -260,7 +287,13 @@ class QueueRunner:
             rcpts = [Recipient(a.address, True) for a in reached[0]] + [Recipient(x, False) for x in reached[1]]
         else:
             rcpts = [Recipient(entry.sender, False)]
-        bounce = Entry(new_id(), "", rcpts, smtputf8=not entry.sender.isascii())
-        self.queue.add_bytes(message, bounce)
+        # One ID per (entry, kind, attempt): a crash between queueing the DSN
+        # and saving the entry makes the retry find it, not send it twice.
+        seed = f"{entry.id}/{'delay' if delay else 'failure'}/{entry.attempts}".encode()
+        bounce = Entry(hashlib.sha256(seed).hexdigest()[:20], "", rcpts, smtputf8=not entry.sender.isascii())
+        if self.queue.load(bounce.id) is not None:
+            return
+        self.queue.message_path(bounce.id).unlink(missing_ok=True)  # a half-queued one from before a crash
+        self.queue.add_bytes(signature + message, bounce)
         log.info("queue id=%s %s to=<%s> dsn=%s", entry.id, "delay-warning" if delay else "bounce", entry.sender[:200], bounce.id)
         self.submit(bounce.id)

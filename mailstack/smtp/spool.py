@@ -103,28 +103,27 @@ class SpoolFile:
 
     def rewrite_head(self, add: bytes, transform: Callable[[bytes], bytes] | None = None) -> None:
         """After ``finish``: put header lines ``add`` on top and pass the header
-        block (up to HEAD_LIMIT) through ``transform`` (to strip forged
-        headers).  A spilled message is rewritten by copying: a cost only big
-        messages pay, once."""
+        block through ``transform`` (to strip forged headers).  A spilled
+        message is rewritten by copying, only when something changes: a
+        cost big messages pay once.  HeaderTooLarge past HEAD_LIMIT."""
         if self._buf is not None:
-            end = self._buf.find(b"\r\n\r\n", 0, HEAD_LIMIT)
-            cut = end + 2 if end >= 0 else 0
+            cut = header_end(self._buf, len(self._buf) <= HEAD_LIMIT)
             head = bytes(self._buf[:cut])
-            if transform is not None and head:
-                head = transform(head)
-            self._buf[:cut] = add + head
+            new = add + (transform(head) if transform is not None else head)
+            if new != head:
+                self._buf[:cut] = new
             return
         tmp = self.path.with_name(self.path.name + ".new")
         with open(self.path, "rb") as f:
-            first = f.read(HEAD_LIMIT)
-            end = first.find(b"\r\n\r\n")
-            cut = end + 2 if end >= 0 else 0
+            first = f.read(HEAD_LIMIT + 2)
+            cut = header_end(first, len(first) <= HEAD_LIMIT)
             head = first[:cut]
-            if transform is not None and head:
-                head = transform(head)
+            new = add + (transform(head) if transform is not None else head)
+            if new == head:
+                return
             try:
                 with open(tmp, "wb") as out:
-                    out.write(add + head)
+                    out.write(new)
                     f.seek(cut)
                     shutil.copyfileobj(f, out, 1 << 20)
                 os.replace(tmp, self.path)
@@ -144,6 +143,26 @@ class SpoolFile:
         if self._buf is None:
             self.path.unlink(missing_ok=True)
         self._buf = None
+
+
+class HeaderTooLarge(ValueError):
+    """No empty line within HEAD_LIMIT bytes: no legitimate message has that much header."""
+
+
+def header_end(data: bytes | bytearray, complete: bool) -> int:
+    """Where the header block of ``data`` ends (after the last field's line
+    end, before the empty line), with CRLF or bare LF line ends, as mail
+    readers see it; the whole of ``data`` when it is ``complete`` and has no
+    empty line (a message of headers only)."""
+    ends = [i + 2 for i in (data.find(b"\r\n\r\n", 0, HEAD_LIMIT + 4),) if i >= 0]
+    ends += [i + 1 for i in (data.find(b"\n\n", 0, HEAD_LIMIT + 2),) if i >= 0]
+    if ends:
+        end = min(ends)
+        if end <= HEAD_LIMIT + 2:
+            return end
+    if complete:
+        return len(data)
+    raise HeaderTooLarge(f"no end of the header section within {HEAD_LIMIT} bytes")
 
 
 def clear_incoming(directory: Path) -> int:
