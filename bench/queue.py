@@ -10,6 +10,8 @@ tests' dnspython DNS server on loopback.  The queue is filled directly
   - 5 KB messages, one recipient each, domains round robin: messages/s;
   - 5 KB messages, ten recipients each (one per domain: ten connections
     per message): messages/s and recipient deliveries/s;
+  - one 100 MB message (ten recipients, one per domain: ten streams at
+    once): time until it is gone, and the daemon's peak memory growth;
   - 10,000 deferred messages (next attempt in an hour): the daemon's memory
     against an empty queue, and the time of one full scan (from its log).
 Throughput counts from the first entry done to the last, so process start
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, process_tree, rss_kb, wait_port  # noqa: E402
+from bench.smtp import PeakMemory  # noqa: E402
 from mailstack.home import init_home  # noqa: E402
 from mailstack.smtp.queue import Entry, Queue, Recipient  # noqa: E402
 from mailstack.smtp.spool import new_id  # noqa: E402
@@ -140,6 +143,21 @@ def main() -> None:
                     extra = f", {rate * rcpts:.0f} recipient deliveries/s" if rcpts > 1 else ""
                     print(f"5 KB, {rcpts} recipient(s) per message, {args.messages} messages: "
                           f"{rate:.0f} msg/s{extra} ({secs:.2f} s)")
+            with tempfile.TemporaryDirectory(prefix="mailstack-qbench-") as work:
+                smtpd = Smtpd(Path(work), dns.port, sink_port, 1)
+                smtpd.fill(1, 10, 100 * 1024 * 1024, deferred=True)
+                smtpd.start()
+                time.sleep(3)
+                peak = PeakMemory(lambda: process_tree(smtpd.proc.pid))
+                t = time.monotonic()
+                subprocess.run([sys.executable, "-m", "mailstack", "-c", str(smtpd.home / "mailstack.toml"), "queue", "flush"],
+                               check=True, capture_output=True)
+                while smtpd.left():
+                    time.sleep(0.01)
+                secs, growth = time.monotonic() - t, peak.stop()
+                smtpd.stop()
+                print(f"one 100 MB message to 10 domains (10 streams at once): {secs:.2f} s, "
+                      f"smtpd peak memory +{growth / 1024:.1f} MB")
             with tempfile.TemporaryDirectory(prefix="mailstack-qbench-") as work:
                 smtpd = Smtpd(Path(work), dns.port, sink_port, 1)
                 smtpd.start()

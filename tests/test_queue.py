@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 from tests.smtp_server import DOMAIN, make_server
 
 REMOTE = "remote.test"
@@ -322,3 +322,24 @@ def test_a_garbled_reply_neither_stalls_the_queue_nor_duplicates(world):
     assert "invalid reply" in fields["diagnostic-code"]
     wait_empty(srv)
     assert [m.rcpt_tos for m in world.sink4.received] == [["x@good.test"]]
+
+
+def test_delivery_to_a_real_postfix(world, tmp_path):
+    """The remote MX is a stock Postfix from Debian: the message arrives whole,
+    with our DKIM signature, through its virtual(8) delivery."""
+    from tests.postfix import Postfix, wait_delivered
+    from tests.test_postfix_harness import _need_postfix
+
+    _need_postfix()
+    with Postfix(tmp_path / "postfix", free_port(), users=["friend"]) as pf:
+        world.dns.add("bench.test", "MX", "10 mx4.remote.test.")
+        srv = world.server(port=pf.port)
+        srv.cli("dkim", "keygen", DOMAIN, "--selector", "s1")
+        body = b"Subject: to postfix\r\nFrom: " + f"{srv.sender}@{DOMAIN}".encode() + b"\r\n\r\n.dot\r\n" + b"y" * 998 + b"\r\n"
+        send(srv, ["friend@bench.test"], body)
+        wait_delivered(lambda: pf.count_delivered("friend"), 1, timeout=30)
+        (path,) = (pf.maildir("friend") / "new").iterdir()
+        data = path.read_bytes()
+        assert b"\nDKIM-Signature: v=1; a=rsa-sha256;" in data or data.startswith(b"DKIM-Signature")
+        assert data.endswith(b"\n\n.dot\n" + b"y" * 998 + b"\n")
+        wait_empty(srv)
