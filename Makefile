@@ -26,6 +26,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/imap.py
 	$(PY) bench/smtp.py
 	$(PY) bench/queue.py
+	$(PY) bench/filters.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache *.egg-info

@@ -321,6 +321,12 @@ def cmd_dns(args: argparse.Namespace, cfg: Config) -> int:
     return run_dns_command(args, cfg)
 
 
+def cmd_quarantine(args: argparse.Namespace, cfg: Config) -> int:
+    from .smtp.queuecli import run_quarantine_command
+
+    return run_quarantine_command(args, cfg)
+
+
 def cmd_queue(args: argparse.Namespace, cfg: Config) -> int:
     from .smtp.queuecli import run_queue_command
 
@@ -426,6 +432,17 @@ def build_parser() -> argparse.ArgumentParser:
         cmd(qsub, name, cmd_queue, text).add_argument("id", metavar="ID")
     cmd(qsub, "flush", cmd_queue, "try now: every message, or one").add_argument("id", metavar="ID", nargs="?")
 
+    qa = sub.add_parser("quarantine", help="messages a filter held back", description="messages a filter held back")
+    qasub = qa.add_subparsers(dest="quarantine_command", metavar="ACTION", parser_class=_Parser)
+    qasub.required = True
+    cmd(qasub, "list", cmd_quarantine, "list quarantined messages").add_argument("--domain", help="only this recipient domain")
+    for name, text in (
+        ("show", "show why a message is held, its envelope and headers"),
+        ("release", "deliver a held message to its recipients (no more filtering)"),
+        ("delete", "remove a held message"),
+    ):
+        cmd(qasub, name, cmd_quarantine, text).add_argument("id", metavar="ID")
+
     cmd(sub, "serve", cmd_serve, "run every configured daemon in the foreground")
     cmd(sub, "imapd", cmd_imapd, "run the IMAP daemon in the foreground (systemd: mailstack-imapd.service)")
     cmd(sub, "smtpd", cmd_smtpd, "run the SMTP daemon in the foreground (systemd: mailstack-smtpd.service)")
@@ -442,6 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .accounts.db import SchemaError
     from .accounts.directory import DirectoryError
+    from .filters import FilterError
     from .home import HomeError
     from .tls import TlsError
 
@@ -456,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"{_one_line(e)} (see --help)", file=sys.stderr)
         return 2
-    except (Failure, ConfigError, DirectoryError, HomeError, SchemaError, TlsError) as e:
+    except (Failure, ConfigError, DirectoryError, FilterError, HomeError, SchemaError, TlsError) as e:
         print(f"mailstack: {_one_line(e)}", file=sys.stderr)
         return 1
     except SQLAlchemyError as e:

@@ -198,6 +198,19 @@ class MailAuthConfig:
     enforce_dmarc: bool = opt(True, doc="DMARC failure: p=reject refused (550), p=quarantine filed in Junk")
 
 
+_FILTER_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    name: str = opt("", lambda v: None if _FILTER_NAME.match(v) else "a filter name (built in: clamav, spamassassin; or an entry point of mailstack.filters)", required=True)
+    timeout: float = opt(60.0, _seconds(0.1, 3600), "seconds the filter may take for one message")
+    fail: str = opt("", lambda v: None if v in ("", "tempfail", "accept") else "'tempfail' or 'accept'",
+                    "when the scanner is down or too slow: tempfail (451, the sender retries) or accept; empty = the filter's default")
+    skip_authenticated: bool = opt(False, doc="do not scan mail our own users send (submission)")
+    options: dict = opt({}, doc="the filter's own settings")
+
+
 @dataclass(frozen=True)
 class StorageConfig:
     mail_root: Path = opt(Path("/var/lib/mailstack/mail"))
@@ -279,6 +292,7 @@ class Config:
     queue: QueueConfig = opt(QueueConfig())
     dkim: DkimConfig = opt(DkimConfig())
     mailauth: MailAuthConfig = opt(MailAuthConfig())
+    filters: list[FilterConfig] = opt([])
     path: Path | None = None
 
     @property
@@ -305,6 +319,7 @@ def _type_name(tp: Any) -> str:
         float: "a number",
         bool: "true or false",
         Path: "a path (string)",
+        dict: "a table",
     }.get(tp, str(tp))
 
 
@@ -344,6 +359,10 @@ class _Loader:
             if not isinstance(raw, str):
                 self.fail(key, "a string", raw)
             return raw
+        if tp is dict:  # free-form options, checked by whoever takes them (a filter)
+            if not isinstance(raw, dict):
+                self.fail(key, "a table", raw)
+            return dict(raw)
         if tp is Path:
             if not isinstance(raw, str) or not raw:
                 self.fail(key, "a path (non-empty string)", raw)

@@ -17,6 +17,8 @@ import re
 from typing import TYPE_CHECKING
 
 from ..config import SmtpListener
+from ..filters import Envelope
+from ..filters.pipeline import header_bytes
 from ..store.quota import QuotaExceeded
 from .delivery import Transaction
 from .spool import HEAD_LIMIT, HeaderTooLarge, SpoolFile, header_end, new_id, received_header
@@ -29,6 +31,17 @@ log = logging.getLogger("mailstack.smtp")
 
 MAX_HOPS = 50  # Received headers before a message is taken for a loop (Postfix: 50)
 _RECEIVED = re.compile(rb"(?:^|\n)received[ \t]*:", re.IGNORECASE)
+
+
+class _SpoolMessage:
+    """A spooled message as filters see it (mailstack.filters.Message)."""
+
+    def __init__(self, spool: SpoolFile):
+        self._spool = spool
+        self.size = spool.length()
+
+    def open(self):
+        return self._spool.open()
 
 
 class Policy:
@@ -148,6 +161,26 @@ class Policy:
         spool.rewrite_head(verdict.header, strip)
         return None
 
+    async def _filter(self, tx: Transaction) -> str | None:
+        """The antivirus/antispam filters (filters/pipeline.py), for both
+        listeners: a final reply (refused, to retry, quarantined), or None
+        to deliver (tagged, into Junk when it is spam)."""
+        envelope = Envelope(
+            queue_id=tx.id, listener=tx.listener, client_ip=tx.client, helo=tx.helo, login=tx.login,
+            sender=tx.sender, recipients=tuple([a.address for a in tx.accounts.values()] + tx.remote),
+        )
+        out = await self.server.filters.run(_SpoolMessage(tx.spool), envelope)
+        tx.results.extend(out.results)
+        if out.action in ("reject", "tempfail"):
+            return out.reply
+        if out.headers:
+            await self.server.run_to_the_end(tx.spool.rewrite_head, header_bytes(out.headers))
+        if out.spam:
+            tx.folder = "Junk"
+        if out.action == "quarantine":
+            return await self.server.run_to_the_end(self.server.quarantine.add, tx, f"{out.by}: {out.reason}")
+        return None
+
     def open_spool(self, smtp: SmtpSession) -> SpoolFile:
         env, session = smtp.envelope, smtp.session
         env.msg_id = new_id()
@@ -188,12 +221,10 @@ class Policy:
             smtp._timeout_handle.cancel()
         try:
             spool.finish()
-            refusal = await self.server.run_to_the_end(self._mail_auth, tx)
-            # Issue 7 plugs the antivirus/antispam filters in here, between the
-            # spool and delivery: one verdict per message, for both listeners.
-            if refusal:
-                status = refusal
-            else:
+            status = await self.server.run_to_the_end(self._mail_auth, tx)
+            if status is None and self.server.filters:
+                status = await self._filter(tx)
+            if status is None:
                 status = await self.server.run_to_the_end(self.server.delivery.deliver, tx)
         finally:
             spool.discard()  # delivered copies and the queue have their own links

@@ -58,6 +58,7 @@ class Entry:
     warned: bool = False  # the sender was told of the delay
     body: str = ""  # "8BITMIME" when the client declared it
     folder: str = "INBOX"  # for local recipients: "Junk" when a policy quarantined it
+    note: str = ""  # why it is held (a quarantine: which filter, what it found)
     smtputf8: bool = False
 
     @property

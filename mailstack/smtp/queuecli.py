@@ -144,3 +144,53 @@ def run_queue_command(args: argparse.Namespace, cfg: Config) -> int:
         q.wake()
         return 0
     raise _fail(f"unknown queue action {action}")
+
+
+def run_quarantine_command(args: argparse.Namespace, cfg: Config) -> int:
+    """``mailstack quarantine list | show ID | release ID | delete ID``."""
+    from .quarantine import Quarantine
+
+    qu = Quarantine(cfg.storage.spool)
+    action = args.quarantine_command
+    if action == "list":
+        now = time.time()
+        rows = [r for r in qu.entries() if not args.domain or r[0] == args.domain.lower()]
+        if rows:
+            print(f"{'ID':20}  {'DOMAIN':24}  {'SIZE':>9}  {'AGE':>6}  SENDER -> RECIPIENTS: WHY")
+        for domain, e, size in rows:
+            print(f"{e.id:20}  {domain:24}  {size:9d}  {_age(now - e.created):>6}  <{e.sender}> -> "
+                  + ", ".join(r.address for r in e.recipients) + f": {e.note}")
+        print(f"{len(rows)} message(s) in quarantine")
+        return 0
+    if not _ID.match(args.id):
+        raise _fail(f"{args.id!r} is not a message ID (20 hexadecimal digits, see `mailstack quarantine list`)")
+    found = qu.find(args.id)
+    if found is None:
+        raise _fail(f"no message {args.id} in quarantine")
+    q, e = found
+    if action == "show":
+        print(f"id:        {e.id}")
+        print(f"why:       {e.note}")
+        print(f"sender:    <{e.sender}>")
+        print(f"received:  {_when(e.created)} from {e.client or '-'}")
+        print("to:        " + ", ".join(r.address for r in e.recipients))
+        with open(q.message_path(e.id), "rb") as f:
+            head = f.read(8192)
+        end = head.find(b"\r\n\r\n")
+        print()
+        print(head[: end if end >= 0 else len(head)].decode("utf-8", "replace"))
+        return 0
+    try:
+        if action == "release":
+            qu.release(args.id)
+            print(f"released {args.id}: delivered by the running smtpd")
+        elif action == "delete":
+            qu.delete(args.id)
+            print(f"deleted {args.id}")
+        else:
+            raise _fail(f"unknown quarantine action {action}")
+    except KeyError:
+        raise _fail(f"no message {args.id} in quarantine") from None
+    except Busy:
+        raise _fail(f"message {args.id} is being handled right now; try again in a moment") from None
+    return 0

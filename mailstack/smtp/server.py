@@ -20,10 +20,13 @@ from typing import Any, Callable, TypeVar
 from ..accounts.auth import Authenticator
 from ..accounts.directory import AccountInfo, Directory
 from ..config import Config, SmtpListener
+from ..filters.pipeline import Pipeline
+from ..filters.pipeline import load as load_filters
 from ..tls import server_context
 from .delivery import LocalDelivery
 from .policy import Policy
 from .protocol import SmtpSession
+from .quarantine import Quarantine
 from .queue import Queue
 from .runner import QueueRunner
 from .spool import clear_incoming
@@ -63,6 +66,8 @@ class Server:
         self._transfers_by: dict[str, int] = {}
         self._lookups: dict[str, tuple[float, tuple[list[AccountInfo], list[str]] | None]] = {}
         self.runner: QueueRunner | None = None  # set once the loop runs (_serve)
+        self.filters = Pipeline(load_filters(cfg), self.run)
+        self.quarantine = Quarantine(cfg.storage.spool)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -220,6 +225,7 @@ def run(cfg: Config) -> int:
 
     Directory(cfg).check_schema()
     server_context(cfg.tls)  # fail now, with one clear line (TlsError), on a bad certificate
+    load_filters(cfg)  # and on a filter that cannot be set up (FilterError)
     prepare_spool(cfg)
     socks = bind_listeners(cfg.smtp.listeners)
     if socks is None:

@@ -131,6 +131,10 @@ class SpoolFile:
                 tmp.unlink(missing_ok=True)
                 raise
 
+    def length(self) -> int:
+        """Bytes as delivery will see them (our headers included)."""
+        return len(self._buf) if self._buf is not None else os.stat(self.path).st_size
+
     def open(self) -> BinaryIO:
         if self._buf is not None:
             return io.BytesIO(self._buf)
