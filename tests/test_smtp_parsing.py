@@ -30,6 +30,10 @@ from mailstack.smtp.replies import enhance
         ("<a@b@c.fr>", (None, None)),
         ("<" + "a" * 250 + "@b.fr>", (None, None)),
         ("<a@b.fr>\r\nRCPT TO:<x@y>", (None, None)),
+        ("<x@../../tmp/p>", (None, None)),  # domains become file names (quarantine): no slash, no ".."
+        ("<x@a..b.fr>", (None, None)),
+        ("<x@-a.fr>", (None, None)),
+        ("<x@exämple.fr>", ("x@exämple.fr", "")),
     ],
 )
 def test_parse_path(arg: str, want: tuple) -> None:

@@ -15,7 +15,9 @@ import inspect
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from email.header import Header
 from importlib.metadata import entry_points
 from typing import Any, Awaitable, Callable
 
@@ -88,34 +90,116 @@ class Outcome:
     results: list[str] = field(default_factory=list)  # name=result, for the message's log line
 
 
-def _clean_header(name: str, value: str) -> tuple[str, str] | None:
-    if not _HEADER_NAME.match(name):
+def _clean_header(name: object, value: object) -> tuple[str, str] | None:
+    if not isinstance(name, str) or not _HEADER_NAME.match(name):
         return None
-    value = " ".join(str(value).split())  # one line, no control characters from a scanner
-    value = "".join(c for c in value if c.isprintable())[:900]
-    return name, value
+    text = " ".join(str(value).split())  # one line, whatever a scanner sends
+    text = "".join(c for c in text if c.isprintable())[:900]
+    if not text.isascii():  # RFC 2047, so the header stays 7-bit
+        text = Header(text, "utf-8").encode(maxlinelen=10000).replace("\n", " ")
+    return name, text
 
 
-def _sane(v: Verdict, default_tempfail: str) -> Verdict:
-    """A verdict the daemon can act on: a known action, a reply of the right class."""
+_REPLY = re.compile(r"^[45]\d\d [245]\.\d{1,3}\.\d{1,3} [ -~]+$")
+
+
+def _sane(v: object) -> Verdict:
+    """A verdict the daemon can act on: a known action, an ASCII one-line reply
+    of the right class, clean headers.  Anything else raises (the fail choice)."""
     if not isinstance(v, Verdict) or v.action not in ACTIONS:
-        raise TypeError(f"returned {v!r}, not a Verdict")
-    if v.action == "reject" and not re.match(r"^5\d\d [245]\.\d{1,3}\.\d{1,3} \S", v.reply or ""):
-        return Verdict.reject("550 5.7.1 Message refused", reason=v.reason)
-    if v.action == "tempfail" and not re.match(r"^4\d\d [245]\.\d{1,3}\.\d{1,3} \S", v.reply or ""):
-        return Verdict.tempfail(default_tempfail, reason=v.reason)
-    if any(c in (v.reply or "") for c in "\r\n"):
-        return Verdict(v.action, " ".join(v.reply.split()), v.headers, v.spam, v.score, v.reason)
-    return v
+        raise TypeError(f"returned {v!r:.100}, not a Verdict")
+    reply = " ".join(str(v.reply or "").split())
+    if v.action == "reject" and not (reply.startswith("5") and _REPLY.match(reply)):
+        reply = "550 5.7.1 Message refused"
+    if v.action == "tempfail" and not (reply.startswith("4") and _REPLY.match(reply)):
+        reply = "451 4.7.1 Message could not be scanned; try again later"
+    headers = tuple(h for h in (_clean_header(*pair) for pair in v.headers if isinstance(pair, tuple) and len(pair) == 2) if h)
+    reason = " ".join(str(v.reason).split())[:300]
+    return Verdict(v.action, reply, headers, bool(v.spam), v.score if isinstance(v.score, (int, float)) else None, reason)
+
+
+def _guarded(check: Callable, message: Message, envelope: Envelope) -> tuple[bool, Any]:
+    """Runs in a filter thread: whatever the filter raises (SystemExit
+    included) comes back as a value instead of ending the thread or the daemon."""
+    try:
+        return True, check(message, envelope)
+    except BaseException as e:  # noqa: BLE001
+        return False, e
+
+
+class FilterFailed(Exception):
+    """The filter raised, timed out, or could not run: its fail choice applies."""
+
+
+async def _contained(aw: Awaitable[Any]) -> Any:
+    """SystemExit or KeyboardInterrupt from a filter's coroutine would stop
+    the event loop itself: caught here, inside the task."""
+    try:
+        return await aw
+    except (SystemExit, KeyboardInterrupt) as e:
+        raise FilterFailed(f"{type(e).__name__}: {e}") from None
+
+
+async def _bounded(aw: Awaitable[Any], timeout: float) -> Any:
+    """Await a filter's coroutine for at most ``timeout``; one that ignores
+    cancellation is abandoned (its end is collected), never waited for."""
+    task = asyncio.ensure_future(_contained(aw))
+    done, _ = await asyncio.wait({task}, timeout=max(0.0, timeout))
+    if not done:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        raise TimeoutError
+    try:
+        return task.result()
+    except asyncio.CancelledError:
+        raise FilterFailed("cancelled itself") from None
+
+
+FILTER_THREADS = 8  # blocking filters at once, per worker; a stuck one keeps its thread
 
 
 class Pipeline:
-    def __init__(self, filters: list[Configured], run_blocking: Callable[..., Awaitable[Any]]):
+    """Blocking filters run in threads of their own, never those of delivery:
+    a stuck scanner can hold its threads, not the daemon.  When none is
+    free, the filter counts as failed at once (its fail choice)."""
+
+    def __init__(self, filters: list[Configured], threads: int = FILTER_THREADS):
         self.filters = filters
-        self._run_blocking = run_blocking
+        self._threads = threads
+        self._free = threads
+        self._executor: ThreadPoolExecutor | None = None
 
     def __bool__(self) -> bool:
         return bool(self.filters)
+
+    async def _call(self, c: Configured, message: Message, envelope: Envelope) -> Any:
+        start = time.monotonic()
+        check = c.filter.check
+        if inspect.iscoroutinefunction(check) or inspect.iscoroutinefunction(getattr(check, "__call__", None)):
+            try:
+                call = check(message, envelope)
+            except Exception as e:  # raised before its first await
+                raise FilterFailed(f"{type(e).__name__}: {e}") from None
+            return await _bounded(call, c.timeout)
+        if self._free <= 0:
+            raise FilterFailed("every filter thread is busy")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="filter")
+        self._free -= 1
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, _guarded, check, message, envelope)
+        fut.add_done_callback(self._thread_done)  # the thread's slot comes back when it ends, not at the timeout
+        done, _ = await asyncio.wait({fut}, timeout=c.timeout)
+        if not done:
+            raise TimeoutError
+        ok, value = fut.result()
+        if not ok:
+            raise FilterFailed(f"{type(value).__name__}: {value}")
+        if inspect.isawaitable(value):  # an async check the detection missed (a decorator...)
+            return await _bounded(value, c.timeout - (time.monotonic() - start))
+        return value
+
+    def _thread_done(self, _fut: asyncio.Future) -> None:
+        self._free += 1
 
     async def run(self, message: Message, envelope: Envelope) -> Outcome:
         out = Outcome()
@@ -124,11 +208,7 @@ class Pipeline:
                 continue
             start = time.monotonic()
             try:
-                if inspect.iscoroutinefunction(c.filter.check):
-                    call = c.filter.check(message, envelope)
-                else:
-                    call = self._run_blocking(c.filter.check, message, envelope)
-                v = _sane(await asyncio.wait_for(call, c.timeout), "451 4.7.1 Message could not be scanned; try again later")
+                v = _sane(await self._call(c, message, envelope))
             except Exception as e:  # noqa: BLE001 (a scanner down, slow or buggy: the configured choice)
                 why = "timed out" if isinstance(e, TimeoutError) else f"failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
                 if c.fail == "tempfail":
@@ -139,18 +219,19 @@ class Pipeline:
             log.info(
                 "filter id=%s filter=%s result=%s%s time=%.3f%s",
                 envelope.queue_id, c.name, v.action, " spam" if v.spam else "", took,
-                f" reason={v.reason[:200]}" if v.reason else "",
+                f" reason={v.reason}" if v.reason else "",
             )
             out.results.append(f"{c.name}={v.action}{'+spam' if v.spam else ''}")
-            for name, value in v.headers:
-                h = _clean_header(name, value)
-                if h:
-                    out.headers.append(h)
+            out.headers.extend(v.headers)
             out.spam = out.spam or v.spam
             if v.action in ("reject", "tempfail", "quarantine"):
                 out.action, out.reply, out.reason, out.by = v.action, v.reply, v.reason, c.name
                 break
         return out
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def header_bytes(headers: list[tuple[str, str]]) -> bytes:

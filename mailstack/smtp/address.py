@@ -15,7 +15,10 @@ import re
 # that are not UTF-8 (aiosmtpd decodes with surrogateescape).
 _BAD = r"\x00-\x20\x7f\ud800-\udfff"
 _LOCAL = rf'(?:"(?:[^"\\{_BAD}]|[ \t]|\\[ -~])*"|[^{_BAD}<>()\[\]\\,;:@"]+)'
-_DOMAIN = rf"(?:\[[^\[\]\\{_BAD}]+\]|[^{_BAD}<>()\[\]\\,;:@\"]+)"
+# Domain labels: letters and digits (any script, for SMTPUTF8), hyphens inside;
+# never a slash, an empty label or "..": domains end up in file names (quarantine).
+_LABEL = r"[^\W_](?:[\w-]{0,61}[^\W_])?"
+_DOMAIN = rf"(?:\[[^\[\]\\{_BAD}]+\]|{_LABEL}(?:\.{_LABEL})*)"
 _PATH = re.compile(
     rf"<(?:@{_DOMAIN}(?:,@{_DOMAIN})*:)?(?P<addr>{_LOCAL}@{_DOMAIN}|{_LOCAL})?>(?P<rest>[^\r\n]*)"
     rf"|(?P<bare>{_LOCAL}@{_DOMAIN})(?P<bare_rest>(?:[ \t][^\r\n]*)?)"

@@ -178,7 +178,9 @@ class Policy:
         if out.spam:
             tx.folder = "Junk"
         if out.action == "quarantine":
-            return await self.server.run_to_the_end(self.server.quarantine.add, tx, f"{out.by}: {out.reason}")
+            return await self.server.run_to_the_end(
+                self.server.quarantine.add, tx, f"{out.by}: {out.reason}", self.cfg.server.domains,
+            )
         return None
 
     def open_spool(self, smtp: SmtpSession) -> SpoolFile:
@@ -219,6 +221,7 @@ class Policy:
         )
         if smtp._timeout_handle is not None:  # delivery is our time, not the client's
             smtp._timeout_handle.cancel()
+        status = "451 4.3.0 Interrupted"  # what the log says if the client leaves first
         try:
             spool.finish()
             status = await self.server.run_to_the_end(self._mail_auth, tx)
@@ -228,12 +231,12 @@ class Policy:
                 status = await self.server.run_to_the_end(self.server.delivery.deliver, tx)
         finally:
             spool.discard()  # delivered copies and the queue have their own links
-        if tx.queued and self.server.runner is not None:
-            self.server.runner.schedule(tx.id)
+            if tx.queued and self.server.runner is not None:
+                self.server.runner.schedule(tx.id)
+            log.info(  # even when the client went away meanwhile: what was delivered is on record
+                "message id=%s listener=%s client=%s login=%s from=<%s> rcpts=%d size=%d status=%s %s",
+                tx.id, tx.listener, tx.client, tx.login or "-", tx.sender[:200], tx.rcpt_count, spool.size,
+                (status or "451")[:3], " ".join(tx.results),
+            )
         smtp._reset_timeout()
-        log.info(
-            "message id=%s listener=%s client=%s login=%s from=<%s> rcpts=%d size=%d status=%s %s",
-            tx.id, tx.listener, tx.client, tx.login or "-", tx.sender[:200], tx.rcpt_count, spool.size,
-            status[:3], " ".join(tx.results),
-        )
         return status

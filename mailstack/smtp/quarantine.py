@@ -10,10 +10,14 @@ operator has decided).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from .delivery import Transaction
 from .queue import Busy, Entry, Queue, Recipient
+
+
+REMOTE = "_remote"  # the area of mail for other domains only (submission)
 
 
 class Quarantine:
@@ -26,17 +30,35 @@ class Quarantine:
             return []
         return sorted(d.name for d in os.scandir(self.root) if d.is_dir())
 
+    def clean_orphans(self) -> int:
+        return sum(Queue(self.root / d).clean_orphans() for d in self.domains())
+
     def _area(self, domain: str) -> Queue:
+        """The directory of one of our domains (REMOTE for mail to others only),
+        made durably: a name from the network never becomes a path."""
         path = self.root / domain
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.is_dir():
+            for d in (self.root, path):
+                if not d.is_dir():
+                    d.mkdir(mode=0o700, exist_ok=True)
+                    fd = os.open(d.parent, os.O_RDONLY | os.O_DIRECTORY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
         return Queue(path)
 
-    def add(self, tx: Transaction, note: str) -> str:
-        """Blocking: the message, fsynced, under its first recipient's domain."""
-        rcpts = [Recipient(a.address, True) for a in tx.accounts.values()] + [Recipient(r, False) for r in tx.remote]
-        domain = rcpts[0].address.rpartition("@")[2].lower() if rcpts else "unknown"
+    def add(self, tx: Transaction, note: str, domains: list[str]) -> str:
+        """Blocking: the message, fsynced, under its first local recipient's domain."""
+        local = [Recipient(a.address, True) for a in tx.accounts.values()]
+        rcpts = local + [Recipient(r, False) for r in tx.remote]
+        domain = local[0].address.rpartition("@")[2].lower() if local else REMOTE
+        if domain not in domains:
+            domain = REMOTE
         tx.spool.finish(sync=True)
-        self._area(domain).add(tx.spool.path, Entry(tx.id, tx.sender, rcpts, client=tx.client, held=True, note=note))
+        entry = Entry(tx.id, tx.sender, rcpts, client=tx.client, held=True, note=note, folder=tx.folder,
+                      body="8BITMIME" if tx.body8 else "", smtputf8=tx.smtputf8)
+        self._area(domain).add(tx.spool.path, entry)
         return f"250 2.0.0 Ok: queued as {tx.id}"
 
     def find(self, entry_id: str) -> tuple[Queue, Entry] | None:
@@ -69,8 +91,11 @@ class Quarantine:
             e = q.load(entry_id)
             if e is None:
                 raise KeyError(entry_id)
-            e.held, e.next_attempt = False, 0.0
-            self.queue.add(q.message_path(entry_id), e)
+            if self.queue.load(entry_id) is None:  # else a release a crash cut short: finish it
+                # It starts its life in the queue now: lifetime and delay notices count from here.
+                e.held, e.next_attempt, e.created, e.attempts, e.warned = False, 0.0, time.time(), 0, False
+                self.queue.message_path(entry_id).unlink(missing_ok=True)
+                self.queue.add(q.message_path(entry_id), e)
             q.remove(entry_id)
         self.queue.wake()
 

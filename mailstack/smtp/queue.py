@@ -96,6 +96,7 @@ class Queue:
         os.link(message, eml)
         try:
             write_atomic(self.path / f"{entry.id}.json", entry.to_json(), 0o600)
+            self._give_to_owner(self.path / f"{entry.id}.json")
             self._fsync_dir()
         except BaseException:
             eml.unlink(missing_ok=True)
@@ -137,11 +138,15 @@ class Queue:
         """Durably: the rename is fsynced before the caller goes on."""
         path = self.path / f"{entry_id}.json"
         write_atomic(path, text, 0o600)
-        if os.geteuid() == 0:  # `mailstack queue` run by root: the daemons' user must still read it
+        self._give_to_owner(path)
+        self._fsync_dir()
+
+    def _give_to_owner(self, path: Path) -> None:
+        """`mailstack queue|quarantine` run by root: the daemons' user must still read it."""
+        if os.geteuid() == 0:
             st = self.path.stat()
             if st.st_uid != 0:
                 os.chown(path, st.st_uid, st.st_gid)
-        self._fsync_dir()
 
     def remove(self, entry_id: str) -> None:
         """The envelope goes first: an ``.eml`` alone is an orphan, cleaned at start."""

@@ -66,7 +66,7 @@ class Server:
         self._transfers_by: dict[str, int] = {}
         self._lookups: dict[str, tuple[float, tuple[list[AccountInfo], list[str]] | None]] = {}
         self.runner: QueueRunner | None = None  # set once the loop runs (_serve)
-        self.filters = Pipeline(load_filters(cfg), self.run)
+        self.filters = Pipeline(load_filters(cfg))
         self.quarantine = Quarantine(cfg.storage.spool)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -169,6 +169,7 @@ class Server:
             if s.transport is not None:
                 s.transport.close()
         self.executor.shutdown(wait=True)
+        self.filters.close()
         self.delivery.close()
         self.directory.engine.dispose()
 
@@ -178,7 +179,7 @@ def prepare_spool(cfg: Config) -> None:
     incoming, queue = cfg.storage.spool / "incoming", cfg.storage.spool / "queue"
     for d in (incoming, queue):
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    n = clear_incoming(incoming) + Queue(queue).clean_orphans()
+    n = clear_incoming(incoming) + Queue(queue).clean_orphans() + Quarantine(cfg.storage.spool).clean_orphans()
     if n:
         log.info("spool: removed %d unacknowledged partial messages", n)
 
