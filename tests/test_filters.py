@@ -89,6 +89,14 @@ def test_tags_are_added_by_every_filter_in_order(srv):
     assert "filter id=" in log and "filter=example result=tag time=" in log
 
 
+def test_a_forged_verdict_header_is_removed(srv):
+    with smtplib.SMTP("127.0.0.1", srv.mx_port, timeout=30) as s:
+        s.sendmail("someone@outside.test", [f"{srv.rcpt}@{DOMAIN}"],
+                   b"X-Example-Filter: forged, all clean\r\nSubject: forged\r\n\r\nbody\r\n")
+    data = find(srv, "forged")
+    assert b"forged, all clean" not in data and data.count(b"X-Example-Filter:") == 2  # our two filters' own
+
+
 def test_spam_goes_to_junk(srv):
     before = len(srv.messages(srv.rcpt))
     mx_send(srv, "SPAM-ME please")

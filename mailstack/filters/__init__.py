@@ -99,6 +99,10 @@ class Verdict:
 class Filter(Protocol):
     name: str
     default_fail: str  # "tempfail" or "accept": when it fails or times out, unless configured
+    # Optional: header names this filter writes (X-Spam-Status...).  Copies that
+    # arrive with a message are removed whenever the filter is configured, even
+    # when it did not run, so a sender cannot forge its verdict.
+    owns_headers: tuple[str, ...]
 
     def check(self, message: Message, envelope: Envelope) -> Verdict: ...
 

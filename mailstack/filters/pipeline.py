@@ -88,6 +88,7 @@ class Outcome:
     reason: str = ""  # of the deciding filter (quarantine, reject)
     by: str = ""  # the deciding filter
     results: list[str] = field(default_factory=list)  # name=result, for the message's log line
+    strip: set[str] = field(default_factory=set)  # lowercase header names to remove from the message
 
 
 def _clean_header(name: object, value: object) -> tuple[str, str] | None:
@@ -203,6 +204,9 @@ class Pipeline:
 
     async def run(self, message: Message, envelope: Envelope) -> Outcome:
         out = Outcome()
+        for c in self.filters:
+            owned = getattr(c.filter, "owns_headers", ())
+            out.strip.update(n.lower() for n in owned if isinstance(n, str) and _HEADER_NAME.match(n))
         for c in self.filters:
             if c.skip_authenticated and envelope.login:
                 continue

@@ -66,6 +66,7 @@ def _score(value: float) -> str:
 class SpamAssassin:
     name = "spamassassin"
     default_fail = "accept"
+    owns_headers = ("X-Spam-Status", "X-Spam-Score", "X-Spam-Flag")
 
     def __init__(self, options: dict[str, Any]):
         unknown = sorted(set(options) - _OPTIONS)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..config import SmtpListener
 from ..filters import Envelope
 from ..filters.pipeline import header_bytes
+from ..mailauth.dkim import field_name, split_fields
 from ..store.quota import QuotaExceeded
 from .delivery import Transaction
 from .spool import HEAD_LIMIT, HeaderTooLarge, SpoolFile, header_end, new_id, received_header
@@ -173,8 +174,13 @@ class Policy:
         tx.results.extend(out.results)
         if out.action in ("reject", "tempfail"):
             return out.reply
-        if out.headers:
-            await self.server.run_to_the_end(tx.spool.rewrite_head, header_bytes(out.headers))
+        if out.headers or out.strip:
+            names = {n.encode() for n in out.strip}
+
+            def without_owned(head: bytes) -> bytes:
+                return b"".join(f for f in split_fields(head) if field_name(f) not in names)
+
+            await self.server.run_to_the_end(tx.spool.rewrite_head, header_bytes(out.headers), without_owned)
         if out.spam:
             tx.folder = "Junk"
         if out.action == "quarantine":

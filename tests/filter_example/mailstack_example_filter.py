@@ -14,6 +14,7 @@ from mailstack.filters import Envelope, FilterError, Message, Verdict
 class ExampleFilter:
     name = "example"
     default_fail = "tempfail"
+    owns_headers = ("X-Example-Filter",)  # a sender's copy is removed
 
     def __init__(self, options: dict):
         unknown = set(options) - {"crash_word", "slow_word", "tag"}
