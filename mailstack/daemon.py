@@ -36,6 +36,41 @@ MAINTENANCE_INTERVAL = 3600.0
 STOP_GRACE = 10.0
 
 
+def notify(state: str) -> bool:
+    """sd_notify(3): one datagram to $NOTIFY_SOCKET ("READY=1", "STOPPING=1",
+    "STATUS=...", "WATCHDOG=1").  The protocol is these few lines; a library
+    for it would be bigger than they are.  False when not under systemd."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path or path[0] not in "/@":
+        return False
+    address = "\0" + path[1:] if path[0] == "@" else path  # "@": Linux abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.sendto(state.encode("utf-8", "replace"), address)
+        return True
+    except OSError:
+        return False
+
+
+def start_watchdog() -> None:
+    """WATCHDOG=1 at half of WatchdogSec while this process lives (systemd
+    restarts a daemon whose supervisor stops answering)."""
+    import threading
+
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) <= 0 or (pid and pid != str(os.getpid())):
+        return
+    interval = int(usec) / 2e6
+
+    def ping() -> None:
+        while True:
+            notify("WATCHDOG=1")
+            time.sleep(interval)
+
+    threading.Thread(target=ping, name="watchdog", daemon=True).start()
+
+
 def setup_logging(level: str = "info", name: str = "mailstack") -> None:
     """One line per event on stderr; journald adds the timestamp under systemd."""
     handler = logging.StreamHandler(sys.stderr)
@@ -188,7 +223,12 @@ def supervise(workers: int, run_worker: Callable[[], int]) -> int:
     one): fork them before any event loop exists, restart one that dies
     unexpectedly, stop them all on SIGTERM/SIGINT."""
     workers = workers or (os.cpu_count() or 1)
+    # The sockets are bound and listening already: connections wait in their
+    # backlog from now on, so systemd may consider the service started.
+    status = f"STATUS=accepting connections, {workers} worker{'s' if workers > 1 else ''}"
     if workers == 1:
+        notify(f"READY=1\n{status}\nMAINPID={os.getpid()}")
+        start_watchdog()
         return run_worker()
     children: dict[int, int] = {}
     stopping = False
@@ -212,6 +252,7 @@ def supervise(workers: int, run_worker: Callable[[], int]) -> int:
         nonlocal stopping
         if signum != signal.SIGHUP:
             stopping = True
+            notify("STOPPING=1\nSTATUS=stopping")
         for pid in list(children):
             try:
                 os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
@@ -222,6 +263,8 @@ def supervise(workers: int, run_worker: Callable[[], int]) -> int:
         signal.signal(sig, forward)
     for slot in range(workers):
         spawn(slot)
+    notify(f"READY=1\n{status}\nMAINPID={os.getpid()}")
+    start_watchdog()
     log.info("ready workers=%d", workers)
     while children:
         try:

@@ -24,6 +24,7 @@ from zope.interface import implementer
 from ..accounts.auth import Authenticator
 from ..accounts.directory import Directory
 from ..config import Config, Listener
+from ..daemon import notify
 from ..tls import OpenSSLServerContext
 from .session import Session
 
@@ -248,6 +249,7 @@ def _worker(cfg: Config, socks: list[tuple[socket.socket, Listener]]) -> int:
         sock.close()  # the reactor holds its own copy of the descriptor
         log.info("listening address=%s port=%d tls=%s", listener.address, listener.port, listener.tls)
     reactor.callWhenRunning(lambda: log.info("ready pid=%d", os.getpid()))
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: notify("STOPPING=1\nSTATUS=stopping"))
     reactor.run()
     directory.engine.dispose()
     return 0

@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 from ..accounts.auth import Authenticator
 from ..accounts.directory import AccountInfo, Directory
 from ..config import Config, SmtpListener
+from ..daemon import notify
 from ..filters.pipeline import Pipeline
 from ..filters.pipeline import load as load_filters
 from ..tls import server_context
@@ -212,6 +213,7 @@ async def _serve(cfg: Config, socks) -> int:
     log.info("ready pid=%d", os.getpid())
     await stop.wait()
     log.info("stopping pid=%d", os.getpid())
+    notify("STOPPING=1\nSTATUS=stopping")
     for srv in listening:
         srv.close()
     await server.runner.stop(STOP_GRACE)

@@ -63,6 +63,23 @@ def clock_modseq() -> int:
     return time.time_ns() // 1000
 
 
+def _wal(db: sqlite3.Connection, patience: float = 30.0) -> None:
+    """Switch to WAL.  While another process creates the same new index, SQLite
+    may answer this switch "locked" at once, without waiting for its busy
+    timeout: wait here instead."""
+    deadline = time.monotonic() + patience
+    delay = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
 class Index:
     def __init__(self, folder: Path):
         self.path = folder / INDEX
@@ -95,7 +112,7 @@ class Index:
         """The connection, opened again after release()."""
         if self._db is None:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            _wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA cache_size=-512")  # KiB: thousands of sessions each hold one
             self._db = db
