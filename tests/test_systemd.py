@@ -67,3 +67,45 @@ def test_smtpd_notifies_ready_watchdog_and_stopping(tmp_path, monkeypatch, worke
             assert any("STOPPING=1" in m for m in receive(sock, "STOPPING=1"))
         finally:
             srv.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_imapd_reload_swaps_the_certificate_and_keeps_sessions(tmp_path, workers):
+    """systemctl reload (SIGHUP): new connections get the new certificate,
+    an open session goes on; a broken certificate leaves the old one."""
+    import ssl
+
+    from mailstack.tls import make_self_signed
+    from tests.imap_server import make_server as make_imap
+
+    def served_cert(port: int) -> bytes:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+            return tls.getpeercert(binary_form=True)
+
+    srv = make_imap(tmp_path, workers=workers)
+    srv.start()
+    try:
+        login = srv.add_user("Rene", "Charge")
+        session = srv.connect(login)
+        before = served_cert(srv.imaps_port)
+        tls_dir = srv.home / "tls"
+        make_self_signed("localhost", tls_dir / "new-cert.pem", tls_dir / "new-key.pem")
+        (tls_dir / "new-cert.pem").replace(tls_dir / "cert.pem")
+        (tls_dir / "new-key.pem").replace(tls_dir / "key.pem")
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while served_cert(srv.imaps_port) == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        after = served_cert(srv.imaps_port)
+        assert after != before
+        assert session.noop()[0] == "OK"  # the open session was not disturbed
+        (tls_dir / "cert.pem").write_text("not a certificate")
+        srv.proc.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert served_cert(srv.imaps_port) == after  # the old one stays
+        assert "keeping the old certificate" in srv.log_path.read_text()
+        session.logout()
+    finally:
+        srv.stop()

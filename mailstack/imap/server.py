@@ -23,9 +23,9 @@ from zope.interface import implementer
 
 from ..accounts.auth import Authenticator
 from ..accounts.directory import Directory
-from ..config import Config, Listener
+from ..config import Config, Listener, TlsConfig
 from ..daemon import notify
-from ..tls import OpenSSLServerContext
+from ..tls import OpenSSLServerContext, TlsError
 from .session import Session
 
 log = logging.getLogger("mailstack.imap")
@@ -90,6 +90,16 @@ class TlsCreator:
         from OpenSSL import SSL
 
         return SSL.Connection(self.context.getContext(), None)
+
+    def reload(self, cfg: TlsConfig) -> None:
+        """SIGHUP: new connections get the certificate on disk now; open ones
+        keep theirs.  A certificate that does not load leaves the old one."""
+        try:
+            self.context = OpenSSLServerContext(cfg)
+        except TlsError as e:
+            log.error("reload: %s; keeping the old certificate", e)
+            return
+        log.info("reload: certificate %s loaded", cfg.certificate)
 
 
 class ImapProtocol(protocol.Protocol, TimeoutMixin):
@@ -234,10 +244,10 @@ def _worker(cfg: Config, socks: list[tuple[socket.socket, Listener]]) -> int:
 
     import signal
 
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # certificate reload on SIGHUP: issue 8
     directory = Directory(cfg)
     auth = Authenticator(directory)
     tls_context = TlsCreator(OpenSSLServerContext(cfg.tls))
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(tls_context.reload, cfg.tls))
     pool = ThreadPool(minthreads=2, maxthreads=16, name="mailstack-imap")
     pool.start()
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
