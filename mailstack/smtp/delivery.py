@@ -50,6 +50,11 @@ class Transaction:
     folder: str = "INBOX"  # "Junk" for mail a policy quarantines
     results: list[str] = field(default_factory=list)  # for the log line
 
+    def queue_entry(self, recipients: list[Recipient], **extra) -> Entry:
+        """This message as a queue (or quarantine) entry, with what delivery needs later."""
+        return Entry(self.id, self.sender, recipients, client=self.client, body="8BITMIME" if self.body8 else "",
+                     smtputf8=self.smtputf8, folder=self.folder, **extra)
+
 
 class LocalDelivery:
     def __init__(self, cfg: Config, queue: Queue):
@@ -140,10 +145,7 @@ class LocalDelivery:
         if later:
             try:
                 tx.spool.finish(sync=True)
-                self.queue.add(tx.spool.path, Entry(
-                    tx.id, tx.sender, later, client=tx.client, body="8BITMIME" if tx.body8 else "", smtputf8=tx.smtputf8,
-                    folder=tx.folder,
-                ))
+                self.queue.add(tx.spool.path, tx.queue_entry(later))
                 tx.queued = True
             except OSError as e:
                 log.error("queue id=%s failed: %s", tx.id, e)

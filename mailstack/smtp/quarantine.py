@@ -56,9 +56,7 @@ class Quarantine:
         if domain not in domains:
             domain = REMOTE
         tx.spool.finish(sync=True)
-        entry = Entry(tx.id, tx.sender, rcpts, client=tx.client, held=True, note=note, folder=tx.folder,
-                      body="8BITMIME" if tx.body8 else "", smtputf8=tx.smtputf8)
-        self._area(domain).add(tx.spool.path, entry)
+        self._area(domain).add(tx.spool.path, tx.queue_entry(rcpts, held=True, note=note))
         return f"250 2.0.0 Ok: queued as {tx.id}"
 
     def find(self, entry_id: str) -> tuple[Queue, Entry] | None:
@@ -68,6 +66,13 @@ class Quarantine:
             if e is not None:
                 return q, e
         return None
+
+    def _holding(self, entry_id: str) -> Queue:
+        """The area that holds ``entry_id``; KeyError when none does."""
+        found = self.find(entry_id)
+        if found is None:
+            raise KeyError(entry_id)
+        return found[0]
 
     def entries(self) -> list[tuple[str, Entry, int]]:
         """(domain, entry, size) for every quarantined message."""
@@ -83,10 +88,7 @@ class Quarantine:
 
     def release(self, entry_id: str) -> None:
         """Into the queue, to be delivered as it is; Busy or KeyError."""
-        found = self.find(entry_id)
-        if found is None:
-            raise KeyError(entry_id)
-        q, _ = found
+        q = self._holding(entry_id)
         with q.locked(entry_id):
             e = q.load(entry_id)
             if e is None:
@@ -100,10 +102,7 @@ class Quarantine:
         self.queue.wake()
 
     def delete(self, entry_id: str) -> None:
-        found = self.find(entry_id)
-        if found is None:
-            raise KeyError(entry_id)
-        q, _ = found
+        q = self._holding(entry_id)
         with q.locked(entry_id):
             q.remove(entry_id)
 

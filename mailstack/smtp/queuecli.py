@@ -33,6 +33,15 @@ def _age(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h" if s >= 86400 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def _print_headers(q: Queue, entry_id: str) -> None:
+    """The first 8 KiB of a held message's header section, after a blank line."""
+    with open(q.message_path(entry_id), "rb") as f:
+        head = f.read(8192)
+    end = head.find(b"\r\n\r\n")
+    print()
+    print(head[: end if end >= 0 else len(head)].decode("utf-8", "replace"))
+
+
 def _queue(cfg: Config) -> Queue:
     path = cfg.storage.spool / "queue"
     if not path.is_dir():
@@ -98,11 +107,7 @@ def run_queue_command(args: argparse.Namespace, cfg: Config) -> int:
         for r in e.recipients:
             where = "local" if r.local else (r.remote_mta or "remote")
             print(f"  <{r.address}> {r.status} ({where}){': ' + r.reason if r.reason else ''}")
-        with open(q.message_path(e.id), "rb") as f:
-            head = f.read(8192)
-        end = head.find(b"\r\n\r\n")
-        print()
-        print(head[: end if end >= 0 else len(head)].decode("utf-8", "replace"))
+        _print_headers(q, e.id)
         return 0
     if action == "flush":
         ids = [args.id] if args.id else q.ids()
@@ -174,11 +179,7 @@ def run_quarantine_command(args: argparse.Namespace, cfg: Config) -> int:
         print(f"sender:    <{e.sender}>")
         print(f"received:  {_when(e.created)} from {e.client or '-'}")
         print("to:        " + ", ".join(r.address for r in e.recipients))
-        with open(q.message_path(e.id), "rb") as f:
-            head = f.read(8192)
-        end = head.find(b"\r\n\r\n")
-        print()
-        print(head[: end if end >= 0 else len(head)].decode("utf-8", "replace"))
+        _print_headers(q, e.id)
         return 0
     try:
         if action == "release":
