@@ -27,6 +27,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/smtp.py
 	$(PY) bench/queue.py
 	$(PY) bench/filters.py
+	$(PY) bench/sieve.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache *.egg-info

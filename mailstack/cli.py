@@ -20,7 +20,7 @@ from . import __version__
 from .config import Config, ConfigError, default_path, load
 
 # Daemon commands that exist; ``serve`` starts these (see daemon.py).
-DAEMON_COMMANDS: tuple[str, ...] = ("imapd", "smtpd")
+DAEMON_COMMANDS: tuple[str, ...] = ("imapd", "smtpd", "httpd", "managesieved")
 
 
 class UsageError(Exception):
@@ -291,6 +291,25 @@ def cmd_smtpd(args: argparse.Namespace, cfg: Config) -> int:
     return run(cfg)
 
 
+def cmd_managesieved(args: argparse.Namespace, cfg: Config) -> int:
+    from .daemon import setup_logging
+
+    setup_logging(cfg.server.log_level, "managesieved")
+    _directory(cfg).engine.dispose()  # refuse to start on a missing or old schema
+    from .managesieve.server import run
+
+    return run(cfg)
+
+
+def cmd_httpd(args: argparse.Namespace, cfg: Config) -> int:
+    from .daemon import setup_logging
+
+    setup_logging(cfg.server.log_level, "httpd")  # no database: it serves documents built from the config
+    from .autoconfig.server import run
+
+    return run(cfg)
+
+
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     from .daemon import serve, setup_logging
 
@@ -319,6 +338,25 @@ def cmd_dns(args: argparse.Namespace, cfg: Config) -> int:
     from .dnsrecords import run_dns_command
 
     return run_dns_command(args, cfg)
+
+
+def cmd_check(args: argparse.Namespace, cfg_path: Path) -> int:
+    # Loads the configuration itself: one that does not load is a FAIL line of the report.
+    from .check import run_check_command
+
+    return run_check_command(args, cfg_path)
+
+
+def cmd_sieve(args: argparse.Namespace, cfg: Config) -> int:
+    from .sievecli import run_sieve_command
+
+    return run_sieve_command(args, cfg)
+
+
+def cmd_vacation(args: argparse.Namespace, cfg: Config) -> int:
+    from .sievecli import run_vacation_command
+
+    return run_vacation_command(args, cfg)
 
 
 def cmd_quarantine(args: argparse.Namespace, cfg: Config) -> int:
@@ -432,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd(qsub, name, cmd_queue, text).add_argument("id", metavar="ID")
     cmd(qsub, "flush", cmd_queue, "try now: every message, or one").add_argument("id", metavar="ID", nargs="?")
 
+    from .sievecli import add_parsers as add_sieve_parsers
+
+    add_sieve_parsers(sub, cmd, _Parser)
+
     qa = sub.add_parser("quarantine", help="messages a filter held back", description="messages a filter held back")
     qasub = qa.add_subparsers(dest="quarantine_command", metavar="ACTION", parser_class=_Parser)
     qasub.required = True
@@ -443,9 +485,16 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         cmd(qasub, name, cmd_quarantine, text).add_argument("id", metavar="ID")
 
+    sp = cmd(sub, "check", cmd_check, "check the installation: config, certificate, permissions, database, ports (exit 1 on a problem)", False)
+    sp.add_argument("--dns", action="store_true", help="also check every domain's DNS records (mailstack dns --check)")
+    sp.add_argument("--quiet", "-q", action="store_true", help="print only problems and warnings, then the summary")
+    sp.add_argument("--user", help="the user the daemons run as (default: mailstack when run as root and it exists, else the current user)")
+
     cmd(sub, "serve", cmd_serve, "run every configured daemon in the foreground")
     cmd(sub, "imapd", cmd_imapd, "run the IMAP daemon in the foreground (systemd: mailstack-imapd.service)")
     cmd(sub, "smtpd", cmd_smtpd, "run the SMTP daemon in the foreground (systemd: mailstack-smtpd.service)")
+    cmd(sub, "httpd", cmd_httpd, "run the client autoconfiguration HTTPS daemon in the foreground (systemd: mailstack-httpd.service)")
+    cmd(sub, "managesieved", cmd_managesieved, "run the ManageSieve daemon (Sieve filters, port 4190) in the foreground (systemd: mailstack-managesieved.service)")
     return p
 
 
@@ -461,6 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .accounts.directory import DirectoryError
     from .filters import FilterError
     from .home import HomeError
+    from .sievecli import SieveCliError
     from .tls import TlsError
 
     parser = build_parser()
@@ -474,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"{_one_line(e)} (see --help)", file=sys.stderr)
         return 2
-    except (Failure, ConfigError, DirectoryError, FilterError, HomeError, SchemaError, TlsError) as e:
+    except (Failure, ConfigError, DirectoryError, FilterError, HomeError, SchemaError, SieveCliError, TlsError) as e:
         print(f"mailstack: {_one_line(e)}", file=sys.stderr)
         return 1
     except SQLAlchemyError as e:

@@ -80,6 +80,15 @@ def _ip_address(v: str) -> str | None:
     return None
 
 
+def _network_list(v: list[str]) -> str | None:
+    for n in v:
+        try:
+            ipaddress.ip_network(n)
+        except ValueError:
+            return f"networks in CIDR form such as '10.0.0.0/24' or '2001:db8::/64', not {n!r}"
+    return None
+
+
 def _not_empty(v: str) -> str | None:
     return None if v.strip() else "a non-empty string"
 
@@ -106,6 +115,7 @@ class ServerConfig:
     hostname: str = opt("", doc="name clients and peers see; empty means this machine's FQDN")
     domains: list[str] = opt([], _domain_list, "mail domains served here; the first is the default", required=True)
     log_level: str = opt("info", _one_of("debug", "info", "warning", "error"))
+    proxy_trusted: list[str] = opt([], _network_list, "networks of the load balancers allowed to send a PROXY header")
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,7 @@ class Listener:
     address: str = opt("0.0.0.0", _ip_address)
     port: int = opt(0, _between(1, 65535), required=True)
     tls: str = opt("implicit", _one_of("implicit", "starttls"))
+    proxy: bool = opt(False, doc="connections come from a load balancer and start with a PROXY header")
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,7 @@ class SmtpListener:
     address: str = opt("0.0.0.0", _ip_address)
     port: int = opt(0, _between(1, 65535), required=True)
     tls: str = opt("starttls", _one_of("implicit", "starttls"))
+    proxy: bool = opt(False, doc="connections come from a load balancer and start with a PROXY header")
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,62 @@ class SmtpConfig:
             SmtpListener("mx", "0.0.0.0", 25, "starttls"),
         ]
     )
+
+
+@dataclass(frozen=True)
+class ManageSieveListener:
+    address: str = opt("0.0.0.0", _ip_address)
+    port: int = opt(0, _between(1, 65535), required=True)
+    tls: str = opt("starttls", _one_of("starttls", "implicit"))
+    proxy: bool = opt(False, doc="connections come from a load balancer and start with a PROXY header")
+
+
+@dataclass(frozen=True)
+class ManageSieveConfig:
+    """``mailstack managesieved``: users edit their Sieve filters (RFC 5804)."""
+
+    enabled: bool = opt(True)
+    workers: int = opt(1, _between(0, 64), "processes accepting connections; 0 = one per CPU")
+    timeout: int = opt(1800, _between(10, 86400), "seconds without a byte from the client before it is disconnected")
+    max_per_address: int = opt(20, _between(1, 100000), "connections from one client address (per worker)")
+    listeners: list[ManageSieveListener] = opt([ManageSieveListener("0.0.0.0", 4190, "starttls")])
+
+
+@dataclass(frozen=True)
+class HttpListener:
+    address: str = opt("0.0.0.0", _ip_address)
+    port: int = opt(0, _between(1, 65535), required=True)
+    tls: str = opt("implicit", _one_of("implicit", "none"))
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """``mailstack httpd``: client autoconfiguration (Thunderbird, Outlook, Apple)."""
+
+    enabled: bool = opt(False, doc="off unless asked: port 443 is often a web server's already")
+    listeners: list[HttpListener] = opt([HttpListener("0.0.0.0", 443, "implicit")])
+
+
+@dataclass(frozen=True)
+class SieveConfig:
+    """Users' Sieve scripts, run at every local delivery (after the filters)."""
+
+    enabled: bool = opt(True, doc="run each account's active script when mail is delivered to it")
+    max_scripts: int = opt(20, _between(1, 1000), "scripts one account may keep")
+    max_script_size: int = opt(65536, _between(1024, 1 << 20), "bytes of one script")
+    max_redirects: int = opt(5, _between(0, 100), "redirect actions one script may take per message")
+    vacation_min_period: int = opt(86400, _between(60, 365 * 86400), "shortest time between two vacation replies to one sender")
+    vacation_max_period: int = opt(90 * 86400, _between(60, 3650 * 86400), "longest such time (larger :days are cut to it)")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus endpoints, one per daemon, served by its supervising process."""
+
+    enabled: bool = opt(True)
+    address: str = opt("127.0.0.1", _ip_address, "keep it on loopback (or a management network)")
+    imap_port: int = opt(9425, _between(0, 65535), "port of mailstack imapd's /metrics; 0 = none")
+    smtp_port: int = opt(9426, _between(0, 65535), "port of mailstack smtpd's /metrics; 0 = none")
 
 
 def _ip_list(v: list[str]) -> str | None:
@@ -217,6 +285,7 @@ class StorageConfig:
     spool: Path = opt(Path("/var/spool/mailstack"))
     quota_bytes: int = opt(0, _between(0, 1 << 50), "default quota per account in bytes; 0 = none")
     quota_messages: int = opt(0, _between(0, 1 << 40), "default quota per account in messages; 0 = none")
+    shared: bool = opt(False, doc="mail_root is a network file system several nodes use (README: More than one machine)")
 
 
 @dataclass(frozen=True)
@@ -292,6 +361,10 @@ class Config:
     queue: QueueConfig = opt(QueueConfig())
     dkim: DkimConfig = opt(DkimConfig())
     mailauth: MailAuthConfig = opt(MailAuthConfig())
+    http: HttpConfig = opt(HttpConfig())
+    managesieve: ManageSieveConfig = opt(ManageSieveConfig())
+    metrics: MetricsConfig = opt(MetricsConfig())
+    sieve: SieveConfig = opt(SieveConfig())
     filters: list[FilterConfig] = opt([])
     path: Path | None = None
 
@@ -424,14 +497,52 @@ def parse(text: str, source: str = "<config>", base: Path | None = None) -> Conf
     if pw.max_length < pw.min_length:
         raise ConfigError(f"{source}: auth.password.max_length: expected at least min_length ({pw.min_length})")
     seen: set[tuple[str, int]] = set()
-    for section, listeners in (("imap", cfg.imap.listeners), ("smtp", cfg.smtp.listeners)):
+    for section, listeners in (("imap", cfg.imap.listeners), ("smtp", cfg.smtp.listeners), ("http", cfg.http.listeners),
+                                ("managesieve", cfg.managesieve.listeners)):
         for i, lst in enumerate(listeners):
             if (lst.address, lst.port) in seen:
                 raise ConfigError(
                     f"{source}: {section}.listeners[{i}]: {lst.address} port {lst.port} is already used by another listener"
                 )
             seen.add((lst.address, lst.port))
+            if getattr(lst, "proxy", False) and not cfg.server.proxy_trusted:
+                raise ConfigError(
+                    f"{source}: server.proxy_trusted: expected the networks of the load balancers"
+                    f" ({section}.listeners[{i}] has proxy = true)"
+                )
     return cfg
+
+
+# What a reload (SIGHUP) cannot change in a running daemon: sockets, processes,
+# paths and what was built from them at start.  A whole section or one key.
+RESTART_ONLY: tuple[str, ...] = (
+    "server.hostname", "server.domains", "server.proxy_trusted",
+    "imap.enabled", "imap.workers", "imap.listeners",
+    "smtp.enabled", "smtp.workers", "smtp.listeners", "smtp.max_transfers",
+    "http", "metrics", "storage", "database",
+    "managesieve.enabled", "managesieve.workers", "managesieve.listeners",
+    "tls.min_version", "tls.ciphers", "auth.secret_file", "auth.argon2",
+    "queue.concurrency", "queue.per_destination",
+)
+
+
+def keep_restart_only(running: Config, new: Config) -> tuple[Config, list[str]]:
+    """``new`` with the RESTART_ONLY values of ``running``, and the keys whose
+    change must wait for a restart."""
+    waiting = []
+    for key in RESTART_ONLY:
+        section, _, name = key.partition(".")
+        if not hasattr(running, section):
+            continue
+        old_sec, new_sec = getattr(running, section), getattr(new, section)
+        if not name:
+            if old_sec != new_sec:
+                waiting.append(key)
+                new = dataclasses.replace(new, **{section: old_sec})
+        elif getattr(old_sec, name) != getattr(new_sec, name):
+            waiting.append(key)
+            new = dataclasses.replace(new, **{section: dataclasses.replace(new_sec, **{name: getattr(old_sec, name)})})
+    return new, waiting
 
 
 def load(path: Path | str) -> Config:

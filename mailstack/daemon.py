@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, TypeVar
 
-from .config import Config
+from .config import Config, ConfigError, keep_restart_only
+from .config import load as load_config
 
 log = logging.getLogger("mailstack.serve")
 
@@ -83,6 +84,25 @@ def setup_logging(level: str = "info", name: str = "mailstack") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def reload_config(running: Config) -> Config | None:
+    """SIGHUP: the configuration file read again.  None (one error line) when
+    it does not load: the running configuration stays.  Keys that need a
+    restart keep their running value, with a warning naming them."""
+    if running.path is None:
+        return None
+    try:
+        new = load_config(running.path)
+    except ConfigError as e:
+        log.error("reload: %s; keeping the running configuration", e)
+        return None
+    new, waiting = keep_restart_only(running, new)
+    if waiting:
+        log.warning("reload: %s changed; this takes effect at the next restart", ", ".join(waiting))
+    logging.getLogger().setLevel(new.server.log_level.upper())
+    log.info("reload: configuration %s loaded", running.path)
+    return new
+
+
 @dataclass(frozen=True)
 class DaemonSpec:
     name: str  # the CLI command that runs it: "imapd", "smtpd"
@@ -93,7 +113,8 @@ def daemon_specs(cfg: Config) -> list[DaemonSpec]:
     """The daemons ``serve`` starts.  A daemon is listed once its command exists."""
     from .cli import DAEMON_COMMANDS
 
-    wanted = {"imapd": cfg.imap.enabled, "smtpd": cfg.smtp.enabled}
+    wanted = {"imapd": cfg.imap.enabled, "smtpd": cfg.smtp.enabled, "httpd": cfg.http.enabled,
+              "managesieved": cfg.managesieve.enabled}
     return [DaemonSpec(n, wanted.get(n, True)) for n in DAEMON_COMMANDS]
 
 
@@ -218,6 +239,21 @@ def bind_listeners(listeners: Sequence[L]) -> list[tuple[socket.socket, L]] | No
     return socks
 
 
+def start_metrics(cfg: Config, daemon: str, port: int) -> None:
+    """Before the workers fork: their samples go to files the endpoint (a
+    thread of this process) reads.  Off when disabled or port 0."""
+    if not (cfg.metrics.enabled and port):
+        return
+    from . import metrics
+
+    try:
+        metrics.prepare(metrics.directory(cfg.storage.spool, daemon))
+    except OSError as e:
+        log.error("metrics: cannot use %s: %s; serving without metrics", metrics.directory(cfg.storage.spool, daemon), e)
+        return
+    metrics.serve(cfg.metrics.address, port)
+
+
 def supervise(workers: int, run_worker: Callable[[], int]) -> int:
     """Run ``run_worker`` in ``workers`` processes (0 = one per CPU; 1 = in this
     one): fork them before any event loop exists, restart one that dies
@@ -240,7 +276,7 @@ def supervise(workers: int, run_worker: Callable[[], int]) -> int:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGHUP, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the worker's own handler: ignored, not fatal
                 code = run_worker()
             except BaseException:
                 log.exception("worker pid=%d failed", os.getpid())
@@ -274,6 +310,10 @@ def supervise(workers: int, run_worker: Callable[[], int]) -> int:
         except InterruptedError:
             continue
         slot = children.pop(pid, None)
+        if slot is not None:
+            from .metrics import process_gone
+
+            process_gone(pid)
         if slot is not None and not stopping:
             log.error("worker pid=%d exited with status %d; starting another", pid, os.waitstatus_to_exitcode(status))
             time.sleep(1)

@@ -137,6 +137,10 @@ def records(cfg: Config, domain: str, addresses: Sequence[str] = (), now: dateti
     for service in ("pop3", "pop3s"):
         out.append(Record(f"_{service}._tcp.{D}", "SRV", "0 0 0 .", "SRV", required=False))
 
+    # Served by `mailstack httpd` on the host (production port 443, whatever the
+    # listener: a load balancer may translate).  Clients connect to these names
+    # with TLS, so the certificate of [tls] must cover autoconfig.DOMAIN and
+    # autodiscover.DOMAIN as well as the host name (README: Client autoconfiguration).
     out.append(Record(f"autoconfig.{D}", "CNAME", H, "AUTOCONFIG"))
     out.append(Record(f"autodiscover.{D}", "CNAME", H, "AUTOCONFIG"))
     out.append(Record(f"_autodiscover._tcp.{D}", "SRV", f"0 0 443 {H}", "AUTOCONFIG"))
@@ -212,7 +216,10 @@ def _notes_after(purpose: str, cfg: Config, domain: str, group: Sequence[Record]
     if purpose == "TLS-RPT":
         return [f"; Make tls-reports@{domain} reach someone: mailstack alias add tls-reports@{domain} LOGIN"]
     if purpose == "AUTOCONFIG":
-        return [f"; {host} must answer these names over HTTPS (autoconfig XML, autodiscover) for clients to use them."]
+        return [
+            f"; {host} must answer these names over HTTPS (mailstack httpd: autoconfig XML, autodiscover) for clients to use them;",
+            f"; its certificate must name autoconfig.{domain} and autodiscover.{domain} too.",
+        ]
     return []
 
 

@@ -8,7 +8,7 @@ configuration are relative to it, so a home can be moved as a whole.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import config as config_mod
@@ -32,9 +32,13 @@ class Ports:
     submission: int = 587
     submissions: int = 465
     mx: int = 25
+    https: int = 443  # client autoconfiguration (mailstack httpd)
+    managesieve: int = 4190  # Sieve filters (mailstack managesieved)
+    imap_metrics: int = 9425  # Prometheus endpoints, always on loopback
+    smtp_metrics: int = 9426
 
     def shifted(self, offset: int) -> Ports:
-        return Ports(*(p + offset for p in (self.imaps, self.imap, self.submission, self.submissions, self.mx)))
+        return Ports(*(getattr(self, f.name) + offset for f in fields(self)))
 
 
 def render_config(domain: str, hostname: str, address: str, ports: Ports) -> str:
@@ -78,6 +82,24 @@ kind = "mx"
 address = "{address}"
 port = {ports.mx}
 tls = "starttls"
+
+[http]
+enabled = true
+
+[[http.listeners]]
+address = "{address}"
+port = {ports.https}
+tls = "implicit"
+
+[[managesieve.listeners]]
+address = "{address}"
+port = {ports.managesieve}
+tls = "starttls"
+
+[metrics]
+address = "127.0.0.1"
+imap_port = {ports.imap_metrics}
+smtp_port = {ports.smtp_metrics}
 
 [storage]
 mail_root = "mail"

@@ -26,7 +26,7 @@ def mailbox_for(cfg: Config, info: AccountInfo) -> Mailbox:
     domain, login = info.address.rsplit("@", 1)[1], info.login
     account_dir = cfg.storage.mail_root / domain / login
     fresh = not account_dir.exists()
-    mb = Store(cfg.storage.mail_root).mailbox(domain, login, *limits(cfg, info))
+    mb = Store(cfg.storage.mail_root, cfg.storage.shared).mailbox(domain, login, *limits(cfg, info))
     if fresh:
         _give_to_mail_owner(cfg.storage.mail_root, account_dir)
     return mb
@@ -44,3 +44,13 @@ def _give_to_mail_owner(root: Path, tree: Path) -> None:
         if p == root or not str(p).startswith(str(root)):
             continue
         os.lchown(p, st.st_uid, st.st_gid)
+
+
+def scripts_for(cfg: Config, info: AccountInfo):
+    """The account's Sieve scripts (beside its Maildir, as Dovecot keeps them)."""
+    from .sieve.limits import Limits
+    from .sieve.scripts import ScriptStore
+
+    domain = info.address.rsplit("@", 1)[1]
+    limits = Limits(max_script_size=cfg.sieve.max_script_size, max_redirects=cfg.sieve.max_redirects)
+    return ScriptStore(cfg.storage.mail_root / domain / info.login, cfg.sieve.max_scripts, limits)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import ssl
 from pathlib import Path
 
@@ -16,9 +17,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
 
 from .config import TlsConfig
 from .files import write_atomic
+
+log = logging.getLogger("mailstack.tls")
 
 
 class TlsError(Exception):
@@ -94,6 +99,17 @@ def server_context(cfg: TlsConfig) -> ssl.SSLContext:
     return ctx
 
 
+def reload_chain(context: ssl.SSLContext, cfg: TlsConfig) -> None:
+    """SIGHUP in the asyncio daemons: new connections get the certificate on
+    disk now, open ones keep theirs; one that does not load leaves the old."""
+    try:
+        context.load_cert_chain(cfg.certificate, cfg.key)
+    except (OSError, ValueError, ssl.SSLError) as e:
+        log.error("reload: cannot load certificate %s: %s; keeping the old one", cfg.certificate, e)
+        return
+    log.info("reload: certificate %s loaded", cfg.certificate)
+
+
 def describe_certificate(path: Path) -> str:
     cert = x509.load_pem_x509_certificate(path.read_bytes())
     try:
@@ -137,3 +153,27 @@ class OpenSSLServerContext:
 
     def getContext(self):  # noqa: N802 (Twisted's name)
         return self._ctx
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class TlsCreator:
+    """Our pyOpenSSL context in the form Twisted's TLS wants, swappable on SIGHUP
+    (imapd, httpd)."""
+
+    def __init__(self, context: OpenSSLServerContext):
+        self.context = context
+
+    def serverConnectionForTLS(self, tls_protocol):  # noqa: N802
+        from OpenSSL import SSL
+
+        return SSL.Connection(self.context.getContext(), None)
+
+    def reload(self, cfg: TlsConfig) -> None:
+        """SIGHUP: new connections get the certificate on disk now; open ones
+        keep theirs.  A certificate that does not load leaves the old one."""
+        try:
+            self.context = OpenSSLServerContext(cfg)
+        except TlsError as e:
+            log.error("reload: %s; keeping the old certificate", e)
+            return
+        log.info("reload: certificate %s loaded", cfg.certificate)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+from datetime import date
 from pathlib import Path
 
 from mailstack.accounts.directory import Directory
@@ -27,6 +28,34 @@ def demo_password(cfg, first: str, last: str) -> str:
             continue
 
 
+def seed_sieve(cfg, directory: Directory, lines: list[str]) -> None:
+    """The académie's three automatic rules, for the first demo account:
+    rectorate circulars into "Institution", mail from the head of school (the
+    second demo account) flagged, an absence reply over the winter holidays."""
+    from mailstack.mailboxes import scripts_for
+    from mailstack.sieve.vacation import rule, with_rule
+
+    teacher, head = (line.split(" ")[0] for line in lines[:2])
+    head_address = directory.get(head).address
+    rules = f"""require ["fileinto", "mailbox", "imap4flags"];
+# Circulars from the rectorate
+if allof (address :domain :is "from" "region-academique-normandie.fr",
+          header :contains "subject" "Circulaire") {{
+    fileinto :create "Institution";
+    stop;
+}}
+# Mail from the head of school
+if address :is "from" "{head_address}" {{
+    addflag "\\\\Flagged";
+}}
+"""
+    absence = rule(date(2026, 12, 19), date(2027, 1, 4), "Absence pendant les vacances",
+                   "Je suis en congés jusqu'au 4 janvier ; je vous répondrai à mon retour.", 7, [])
+    store = scripts_for(cfg, directory.get(teacher))
+    store.put("regles", with_rule(rules, absence))
+    store.activate("regles")
+
+
 def main(home: Path) -> None:
     accounts_file = home / "demo-accounts.txt"
     if not (home / "mailstack.toml").exists():
@@ -38,6 +67,7 @@ def main(home: Path) -> None:
             pw = demo_password(cfg, first, last)
             info = directory.add_user(first, last, password=pw)
             lines.append(f"{info.login} {info.address} {pw}")
+        seed_sieve(cfg, directory, lines)
         directory.engine.dispose()
         write_atomic(accounts_file, "\n".join(lines) + "\n", 0o600)
     cfg = load(home / "mailstack.toml")
@@ -60,6 +90,11 @@ Mail client settings (self-signed certificate for 'localhost': accept it once):
   IMAP  127.0.0.1 port {port.get('implicit')} SSL/TLS     (or {port.get('starttls')} STARTTLS)
   SMTP  127.0.0.1 port {port.get('submissionstarttls')} STARTTLS    (or {port.get('submissionimplicit')} SSL/TLS)
   User name: the login above; password: the one above.
+  Filters (ManageSieve): 127.0.0.1 port {cfg.managesieve.listeners[0].port} STARTTLS; autoconfiguration: https://127.0.0.1:{cfg.http.listeners[0].port}/
+
+Sieve: the first account runs the académie's rules (circulars into "Institution", the head of
+school's mail flagged, an absence reply over the winter holidays):
+  .venv/bin/mailstack -c {home / 'mailstack.toml'} sieve get {accounts_file.read_text().split()[0]} regles
 
 {status}Admin:  .venv/bin/mailstack -c {home / 'mailstack.toml'} user list
 Stop with Ctrl-C.

@@ -555,3 +555,33 @@ def test_full_sync_never_drops_rows_written_during_its_scan(tmp_path: Path) -> N
     inbox._full_sync()
     assert [m.uid for m in inbox.messages()] == list(range(1, 321))
     assert inbox.expunged_since(floor)[0] == []
+
+
+def _shared_worker(root: str, n: int, tag: str) -> None:
+    inbox = Store(Path(root), shared=True).mailbox("ac-normandie.test", "paul.durand").folder("INBOX")
+    for i in range(n):
+        uid = inbox.deliver(io.BytesIO(MSG))
+        inbox.store([uid], [f"${tag}{i}"])
+
+
+def test_shared_mail_root_uses_a_rollback_journal(tmp_path: Path) -> None:
+    """[storage] shared: the index works without WAL (a network file system
+    has no shared memory), with several processes writing at once."""
+    wal_inbox = Store(tmp_path).mailbox("ac-normandie.test", "paul.durand").folder("INBOX")
+    wal_inbox.deliver(io.BytesIO(MSG))
+    wal_inbox.close()  # an index made before the switch to shared: converted when opened
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_shared_worker, args=(str(tmp_path), 10, t)) for t in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    inbox = Store(tmp_path, shared=True).mailbox("ac-normandie.test", "paul.durand").folder("INBOX")
+    inbox.sync()
+    msgs = inbox.messages()
+    assert [m.uid for m in msgs] == list(range(1, 22))
+    assert sum(1 for m in msgs if any(f.startswith("$a") for f in m.flags)) == 10
+    with sqlite3.connect(inbox.path / INDEX) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert not (inbox.path / (INDEX + "-wal")).exists()

@@ -15,7 +15,8 @@ import pytest
 from tests.conftest import REPO, need
 from tests.smtp_server import make_server
 
-UNITS = ["mailstack-imapd.service", "mailstack-smtpd.service", "mailstack.target"]
+UNITS = ["mailstack-imapd.service", "mailstack-smtpd.service", "mailstack-httpd.service", "mailstack-managesieved.service",
+         "mailstack.target"]
 
 
 def test_units_verify(tmp_path):
@@ -28,7 +29,7 @@ def test_units_verify(tmp_path):
                        capture_output=True, text=True, timeout=120)
     ours = [line for line in r.stderr.splitlines() if "mailstack" in line]
     assert r.returncode == 0 and not ours, r.stderr[-3000:]
-    for name in UNITS[:2]:
+    for name in [n for n in UNITS if n.endswith(".service")]:
         text = (tmp_path / name).read_text()
         for line in ("Type=notify", "User=mailstack", "AmbientCapabilities=CAP_NET_BIND_SERVICE",
                      "ProtectSystem=strict", "NoNewPrivileges=yes", "SystemCallFilter=@system-service"):

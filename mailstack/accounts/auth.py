@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -25,6 +26,8 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from .. import metrics
+from ..config import Config
 from .directory import Directory
 from .identity import IdentityError, normalize_login
 from .models import Account, AccountState, utcnow
@@ -98,39 +101,68 @@ class _Cache:
                 del self._items[k]
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
+
+
+def log_safe(user: str) -> str:
+    """A client-chosen name as one log token: no space, no ``=``, nothing a
+    log parser (fail2ban) could take for a field of ours."""
+    return _UNSAFE.sub("?", user[:100]) or "-"
+
+
 class Authenticator:
     def __init__(self, directory: Directory):
         self.directory = directory
         self.cfg = directory.cfg
         self.cache = _Cache(self.cfg.auth.cache_ttl, self.cfg.auth.cache_size)
 
-    def authenticate(self, user: str, password: str, client: str | None = None, service: str = "") -> AuthResult:
-        """Check a login and password. Blocking; never raises for bad input."""
+    def reconfigure(self, cfg: Config) -> None:
+        """A reloaded configuration (the directory's too); a cache whose size
+        or lifetime changed starts empty."""
+        self.directory.reconfigure(cfg)
+        self.cfg = cfg
+        if (cfg.auth.cache_ttl, cfg.auth.cache_size) != (self.cache.ttl, self.cache.size):
+            self.cache = _Cache(cfg.auth.cache_ttl, cfg.auth.cache_size)
+
+    def authenticate(
+        self, user: str, password: str, client: str | None = None, service: str = "", session: str = "-"
+    ) -> AuthResult:
+        """Check a login and password. Blocking; never raises for bad input.
+
+        The log line is a stable interface (config/fail2ban/ matches it):
+        ``auth service=S session=ID client=IP outcome=O user=U ...``.  What
+        the client chose (the user name) comes after what it cannot choose."""
         t0 = time.monotonic()
         try:
             result = self._authenticate(user, password, client)
         except SQLAlchemyError as e:
-            log.error("auth service=%s user=%r client=%s outcome=unavailable error=%s", service, user[:100], client, e)
+            log.error("auth service=%s session=%s client=%s outcome=unavailable user=%s error=%s",
+                      service, session, client or "-", log_safe(user), e)
+            metrics.LOGINS.labels(service, Outcome.UNAVAILABLE.value).inc()
             return AuthResult(Outcome.UNAVAILABLE)
+        took = time.monotonic() - t0
+        metrics.LOGINS.labels(service, result.outcome.value).inc()
+        metrics.AUTH_SECONDS.labels(service).observe(took)
         level = logging.INFO if result.ok else logging.WARNING
         log.log(
             level,
-            "auth service=%s user=%r client=%s outcome=%s delay=%.1f ms=%d",
+            "auth service=%s session=%s client=%s outcome=%s user=%s delay=%.1f ms=%d",
             service,
-            user[:100],
-            client,
+            session,
+            client or "-",
             result.outcome.value,
+            log_safe(user),
             result.delay,
-            (time.monotonic() - t0) * 1000,
+            took * 1000,
         )
         return result
 
     async def authenticate_async(
-        self, user: str, password: str, client: str | None = None, service: str = ""
+        self, user: str, password: str, client: str | None = None, service: str = "", session: str = "-"
     ) -> AuthResult:
         """For asyncio daemons: hash in the default executor, then wait the delay."""
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(None, self.authenticate, user, password, client, service)
+        result = await loop.run_in_executor(None, self.authenticate, user, password, client, service, session)
         if result.delay:
             await asyncio.sleep(result.delay)
         return result

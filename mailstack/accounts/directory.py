@@ -143,6 +143,12 @@ class Directory:
         self.throttle = Throttle(cfg.auth.throttle)
         self._secret: bytes | None = None
 
+    def reconfigure(self, cfg: Config) -> None:
+        """A reloaded configuration: throttle, password policy, inactivity rule.
+        The engine, the hasher and the secret stay (restart-only keys)."""
+        self.cfg = cfg
+        self.throttle = Throttle(cfg.auth.throttle)
+
     # -- plumbing ------------------------------------------------------------
 
     def check_schema(self) -> None:

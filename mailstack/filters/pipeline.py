@@ -21,6 +21,7 @@ from email.header import Header
 from importlib.metadata import entry_points
 from typing import Any, Awaitable, Callable
 
+from .. import metrics
 from ..config import Config, FilterConfig
 from . import ACTIONS, Envelope, FilterError, Message, Verdict
 
@@ -226,6 +227,7 @@ class Pipeline:
                 f" reason={v.reason}" if v.reason else "",
             )
             out.results.append(f"{c.name}={v.action}{'+spam' if v.spam else ''}")
+            metrics.FILTER_VERDICTS.labels(c.name, v.action + ("+spam" if v.spam else "")).inc()
             out.headers.extend(v.headers)
             out.spam = out.spam or v.spam
             if v.action in ("reject", "tempfail", "quarantine"):

@@ -15,7 +15,7 @@ import socket
 from typing import Any, BinaryIO, Callable
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IPullProducer
+from twisted.internet.interfaces import IPullProducer
 from twisted.internet.task import deferLater
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.threadpool import ThreadPool
@@ -23,9 +23,10 @@ from zope.interface import implementer
 
 from ..accounts.auth import Authenticator
 from ..accounts.directory import Directory
-from ..config import Config, Listener, TlsConfig
-from ..daemon import notify
-from ..tls import OpenSSLServerContext, TlsError
+from ..config import Config, Listener
+from .. import metrics
+from ..daemon import notify, reload_config
+from ..tls import OpenSSLServerContext, TlsCreator
 from .session import Session
 
 log = logging.getLogger("mailstack.imap")
@@ -79,29 +80,6 @@ class _FileProducer:
             self.done.errback(ConnectionError("connection lost while sending"))
 
 
-@implementer(IOpenSSLServerConnectionCreator)
-class TlsCreator:
-    """Our pyOpenSSL context (mailstack.tls) in the form Twisted's TLS wants."""
-
-    def __init__(self, context: OpenSSLServerContext):
-        self.context = context
-
-    def serverConnectionForTLS(self, tls_protocol):  # noqa: N802
-        from OpenSSL import SSL
-
-        return SSL.Connection(self.context.getContext(), None)
-
-    def reload(self, cfg: TlsConfig) -> None:
-        """SIGHUP: new connections get the certificate on disk now; open ones
-        keep theirs.  A certificate that does not load leaves the old one."""
-        try:
-            self.context = OpenSSLServerContext(cfg)
-        except TlsError as e:
-            log.error("reload: %s; keeping the old certificate", e)
-            return
-        log.info("reload: certificate %s loaded", cfg.certificate)
-
-
 class ImapProtocol(protocol.Protocol, TimeoutMixin):
     def __init__(self, factory: ImapFactory, listener: Listener):
         self.factory = factory
@@ -119,8 +97,11 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
         if count >= self.factory.cfg.imap.max_per_address:
             self.transport.write(b"* BYE too many connections from your address\r\n")
             self.transport.loseConnection()
+            metrics.CONNECTIONS_REFUSED.labels("imap", "per_address").inc()
             return
         self.factory.per_address[self.peer] = count + 1
+        metrics.CONNECTIONS.labels("imap", str(self.listener.port)).inc()
+        metrics.ACTIVE.labels("imap").inc()
         # Small responses must not wait for Nagle + delayed ACK (40 ms each);
         # under TLS the TCP transport is the TLS layer's own transport.
         self._sock = _tcp_socket(self.transport)
@@ -137,6 +118,7 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.resetTimeout()
+        metrics.BYTES.labels("imap", "in").inc(len(data))
         if self._sock is not None and _QUICKACK is not None:
             # A client that writes a literal and its final CRLF separately
             # (imaplib, many others) waits for our ACK under Nagle: ACK at
@@ -162,12 +144,14 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
                 self.factory.per_address[self.peer] = n
             s, self.session = self.session, None
             s.close()
-            log.info("session=%s disconnect", s.id)
+            metrics.ACTIVE.labels("imap").dec()
+            log.info("session=%s disconnect user=%s", s.id, s.user.login if s.user is not None else "-")
 
     # -- Io for the session --------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
+            metrics.BYTES.labels("imap", "out").inc(len(data))
             self.transport.write(data)
 
     def _buffered(self) -> int:
@@ -188,6 +172,7 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
 
     def stream(self, f: BinaryIO, length: int) -> defer.Deferred:
         prod = _FileProducer(self.transport, f, length)
+        metrics.BYTES.labels("imap", "out").inc(length)
         self.transport.registerProducer(prod, False)
         return prod.done
 
@@ -247,14 +232,39 @@ def _worker(cfg: Config, socks: list[tuple[socket.socket, Listener]]) -> int:
     directory = Directory(cfg)
     auth = Authenticator(directory)
     tls_context = TlsCreator(OpenSSLServerContext(cfg.tls))
-    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(tls_context.reload, cfg.tls))
+    factories: list[ImapFactory] = []
+
+    def reload() -> None:
+        """SIGHUP: the live part of the configuration, then the certificate;
+        open sessions keep what they started with."""
+        nonlocal cfg
+        try:
+            new = reload_config(cfg)
+            if new is not None:
+                auth.reconfigure(new)
+                for f in factories:
+                    f.cfg = new
+                cfg = new
+        except Exception:  # noqa: BLE001 (the running configuration stays)
+            log.exception("reload failed; the running configuration stays")
+        finally:
+            tls_context.reload(cfg.tls)
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
     pool = ThreadPool(minthreads=2, maxthreads=16, name="mailstack-imap")
     pool.start()
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     for sock, listener in socks:
-        factory: protocol.Factory = ImapFactory(cfg, auth, listener, tls_context, pool)
+        imap_factory = ImapFactory(cfg, auth, listener, tls_context, pool)
+        factories.append(imap_factory)
+        factory: protocol.Factory = imap_factory
         if listener.tls == "implicit":
             factory = TLSMemoryBIOFactory(tls_context, False, factory)
+        if listener.proxy:  # outermost: the PROXY header comes off the TCP stream before TLS
+            from ..proxyproto import Trusted
+            from .proxied import ProxyHeaderFactory
+
+            factory = ProxyHeaderFactory(factory, Trusted(cfg.server.proxy_trusted))
         reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
         sock.close()  # the reactor holds its own copy of the descriptor
         log.info("listening address=%s port=%d tls=%s", listener.address, listener.port, listener.tls)
@@ -268,11 +278,12 @@ def _worker(cfg: Config, socks: list[tuple[socket.socket, Listener]]) -> int:
 def run(cfg: Config) -> int:
     """Listen on every [[imap.listeners]] and serve until SIGTERM/SIGINT,
     with ``imap.workers`` processes accepting on the same sockets."""
-    from ..daemon import bind_listeners, supervise
+    from ..daemon import bind_listeners, start_metrics, supervise
 
     Directory(cfg).check_schema()
     OpenSSLServerContext(cfg.tls)  # fail now, with one clear line, on a bad certificate
     socks = bind_listeners(cfg.imap.listeners)
     if socks is None:
         return 1
+    start_metrics(cfg, "imapd", cfg.metrics.imap_port)
     return supervise(cfg.imap.workers, lambda: _worker(cfg, socks))

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Awaitable, BinaryIO, Callable, Protocol
 
 from ..accounts.auth import Authenticator, AuthResult, Outcome
+from .. import metrics
 from ..config import Config
 from ..mailboxes import mailbox_for
 from ..store.folder import KeywordLimit, OverQuota
@@ -301,7 +302,9 @@ class Session:
             self.io.write(f"{cmd.tag} NO [SERVERBUG] internal error, the session goes on\r\n".encode())
         finally:
             self._close_current_append()
-            log.debug("session=%s %s %.1f ms", self.id, cmd.name, (time.monotonic() - started) * 1000)
+            took = time.monotonic() - started
+            metrics.COMMAND_SECONDS.labels(metrics.command_label(cmd.name)).observe(took)
+            log.debug("session=%s %s %.1f ms", self.id, cmd.name, took * 1000)
 
     def _discard_append(self) -> None:
         if self.append is not None:
@@ -484,7 +487,7 @@ class Session:
         return d
 
     async def _login(self, user: str, password: str):
-        result: AuthResult = await self.io.blocking(self.auth.authenticate, user, password, self.io.peer, "imap")
+        result: AuthResult = await self.io.blocking(self.auth.authenticate, user, password, self.io.peer, "imap", self.id)
         if result.delay:
             await self.io.sleep(result.delay)
         if result.outcome is Outcome.OK:
@@ -828,14 +831,20 @@ class Session:
         self.mode = "idle"
         self.io.write(b"+ idling\r\n")
         view = self.view
-        watcher = FolderWatcher(view.folder.path) if view is not None else None
+        # inotify sees only this machine's changes: a shared mail root is polled.
+        watcher = FolderWatcher(view.folder.path, use_inotify=not view.folder.shared) if view is not None else None
         try:
             if view is not None:
                 await self.announce(allow_expunge=True)
                 view.folder.index.release()  # an idle session should cost little memory
+            # Polling (a shared mail root) stats the folder on a network file
+            # system: in a pool thread, and less often than inotify is read.
+            polled = watcher is not None and not watcher.uses_inotify
             while not done.called and not self.closed:
-                await self.io.sleep(0.25)
-                if watcher is not None and not done.called and watcher.drain():
+                await self.io.sleep(2.0 if polled else 0.25)
+                if watcher is None or done.called:
+                    continue
+                if await self.io.blocking(watcher.drain) if polled else watcher.drain():
                     await self.announce(allow_expunge=True)
                     if view is not None:
                         view.folder.index.release()

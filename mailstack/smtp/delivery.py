@@ -16,13 +16,18 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+from .. import metrics
 from ..accounts.directory import AccountInfo
 from ..config import Config
 from ..mailboxes import limits, mailbox_for
-from ..store import NoSuchFolder
-from ..store.folder import Folder, OverQuota
+from ..store import FolderNameError, NoSuchFolder
+from ..store.folder import Folder, KeywordLimit, OverQuota
+from ..store.mailbox import FolderExists
+from . import sieving
 from .queue import Entry, Queue, Recipient
+from .sieving import Decision
 from .spool import SpoolFile
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,8 @@ class Transaction:
     smtputf8: bool = False
     queued: bool = False  # some recipients wait in the queue
     folder: str = "INBOX"  # "Junk" for mail a policy quarantines
+    spawned: list[str] = field(default_factory=list)  # queue entries Sieve made (redirects, vacation)
+    reached_by: dict[str, list[str]] = field(default_factory=dict)  # login -> RCPT addresses that reached it
     results: list[str] = field(default_factory=list)  # for the log line
 
     def queue_entry(self, recipients: list[Recipient], **extra) -> Entry:
@@ -92,40 +99,120 @@ class LocalDelivery:
                 for f in folders:
                     f.close()
 
-    def _drop(self, folder: Folder, spool: SpoolFile) -> str:
+    def _drop(self, folder: Folder, spool: SpoolFile, flags: tuple[str, ...] = ()) -> str:
         """A big message is hard-linked from the spool (no copy, whatever the
         number of recipients) when it is CRLF-clean and on the same file system."""
         if spool.on_disk and spool.crlf_only:
             try:
-                return folder.drop_file(spool.path)
+                return folder.drop_file(spool.path, flags)
             except OSError as e:
                 if e.errno != errno.EXDEV:
                     raise
         with spool.open() as f:
-            return folder.drop(f)
+            return folder.drop(f, flags=flags)
 
-    def deliver_file(self, info: AccountInfo, path: Path, folder_name: str = "INBOX") -> str:
-        """A queued message (a retry, a bounce) into an account's folder."""
-        key, folder = self._checkout(info, folder_name)
+    def _target(self, info: AccountInfo, name: str, create: bool) -> str:
+        """The folder a Sieve fileinto names, made when asked (:create, and
+        subscribed); INBOX when it is missing or not a valid name."""
+        if name == "INBOX" or not create:
+            return name
+        mailbox = mailbox_for(self.cfg, info)
         try:
-            with open(path, "rb") as f:
-                return folder.drop(f)
-        finally:
-            self._checkin(key, folder)
+            if not mailbox.exists(name):
+                mailbox.create(name)
+                mailbox.subscribe(name)
+        except FolderExists:
+            pass  # another delivery made it meanwhile
+        except FolderNameError as e:
+            log.warning("sieve: login=%s fileinto %r: %s; kept in INBOX", info.login, name[:100], e)
+            return "INBOX"
+        return name
+
+    def _store(self, info: AccountInfo, decision: Decision, drop: Callable[[Folder, tuple[str, ...]], str]) -> list[str]:
+        """Every copy the decision asks for; the files' base names.  A failure
+        before the first copy raises (over quota: the caller retries the
+        whole account later; anything else: it counts as failed); after it,
+        the rest is logged and dropped, as a retry would duplicate what is
+        stored."""
+        done: list[str] = []
+        for name, flags, create in decision.stores:
+            try:
+                try:
+                    key, folder = self._checkout(info, self._target(info, name, create))
+                except FolderNameError:
+                    key, folder = self._checkout(info)
+                try:
+                    try:
+                        done.append(drop(folder, flags))
+                    except KeywordLimit:  # too many keywords in the folder: the message without them
+                        done.append(drop(folder, tuple(f for f in flags if f.startswith("\\"))))
+                finally:
+                    self._checkin(key, folder)
+            except Exception as e:
+                if not done:
+                    raise
+                log.error("sieve: login=%s copy in %r not stored: %r", info.login, name[:100], e)
+        return done
+
+    def _sieve(self, info: AccountInfo, decision: Decision, opener, sender: str, queue_id: str,
+               own: list[str], body8: bool = False, smtputf8: bool = False) -> list[str]:
+        """Redirects and the vacation reply, once the copies are stored: queue
+        IDs to schedule.  Never raises (a retry would store the copies again)."""
+        spawned: list[str] = []
+        if decision.view is None:
+            return spawned
+        for address in decision.redirects:
+            try:
+                got = sieving.redirect(self.queue, opener, info, sender, address, queue_id, self.cfg.server.domains,
+                                       body8, smtputf8)
+                spawned += [got] if got else []
+            except Exception as e:  # noqa: BLE001 (a full disk...: the copies are stored, the rest is logged)
+                log.error("sieve id=%s login=%s redirect to=<%s> not queued: %r", queue_id, info.login, address[:200], e)
+        if decision.vacation is not None:
+            try:
+                got = sieving.vacation(self.cfg, self.queue, decision.vacation, decision.view, info, sender, own, queue_id)
+                spawned += [got] if got else []
+            except Exception as e:  # noqa: BLE001
+                log.error("sieve id=%s login=%s vacation not queued: %r", queue_id, info.login, e)
+        return spawned
+
+    def deliver_file(self, info: AccountInfo, path: Path, entry: Entry, rcpt: str) -> tuple[str, list[str]]:
+        """A queued message (a retry, a bounce, a redirect) into an account
+        (``rcpt``: the address it was queued for): ("stored" or the 550
+        reply of a Sieve reject, queue IDs it spawned)."""
+        opener = lambda: open(path, "rb")  # noqa: E731
+        decision = sieving.decide(self.cfg, info, opener, path.stat().st_size, entry.sender, entry.folder, entry.id, rcpt)
+        if decision.reject is not None:
+            return sieving.reject_reply(decision.reject), []
+
+        def drop(folder: Folder, flags: tuple[str, ...]) -> str:
+            with opener() as f:
+                return folder.drop(f, flags=flags)
+
+        self._store(info, decision, drop)
+        return "stored", self._sieve(info, decision, opener, entry.sender, entry.id, [rcpt],
+                                     entry.body == "8BITMIME", entry.smtputf8)
 
     def deliver(self, tx: Transaction) -> str:
         delivered: list[str] = []
         over_quota: list[AccountInfo] = []
         failed: list[AccountInfo] = []
+        refused: list[tuple[AccountInfo, str]] = []
+        alone = len(tx.accounts) == 1 and not tx.remote
         for info in tx.accounts.values():
+            reached = tx.reached_by.get(info.login, [])
             try:
-                key, folder = self._checkout(info, tx.folder)
-                try:
-                    base = self._drop(folder, tx.spool)  # its UID comes with the next reader's sync
-                finally:
-                    self._checkin(key, folder)
-                delivered.append(info.address)
-                tx.results.append(f"{info.address}:{base.split(',', 1)[0]}")
+                decision = sieving.decide(self.cfg, info, tx.spool.open, tx.spool.length(), tx.sender, tx.folder,
+                                          tx.id, reached[0] if reached else "")
+                if decision.reject is not None:
+                    reply = sieving.reject_reply(decision.reject)
+                    if alone:  # the one recipient refuses it: say so to the client, nothing is kept
+                        tx.results.append(f"{info.address}:rejected")
+                        return reply
+                    refused.append((info, reply))
+                    tx.results.append(f"{info.address}:rejected")
+                    continue
+                bases = self._store(info, decision, lambda folder, flags: self._drop(folder, tx.spool, flags))
             except OverQuota:
                 over_quota.append(info)
                 tx.results.append(f"{info.address}:over-quota")
@@ -133,15 +220,25 @@ class LocalDelivery:
                 log.error("delivery id=%s to=%s failed: %r", tx.id, info.address, e)
                 failed.append(info)
                 tx.results.append(f"{info.address}:failed")
+            else:
+                delivered.append(info.address)
+                metrics.MESSAGES.labels("local", "delivered").inc()
+                tx.results.append(f"{info.address}:{bases[0].split(',', 1)[0]}" if bases else f"{info.address}:discarded")
+                tx.spawned += self._sieve(info, decision, tx.spool.open, tx.sender, tx.id, reached, tx.body8, tx.smtputf8)
 
         if not delivered and not tx.remote:
-            if over_quota and not failed:
+            if refused and not over_quota and not failed:  # every recipient's filter refused it
+                return refused[0][1]
+            if over_quota and not failed and not refused:
                 return "552 5.2.2 Mailbox full" if len(over_quota) == 1 else "552 5.2.2 Mailboxes full"
-            return "451 4.3.0 Local delivery failed; try again later"
+            if not refused:
+                return "451 4.3.0 Local delivery failed; try again later"
 
         later = [Recipient(i.address, True, reason="over quota" if i in over_quota else "delivery failed")
                  for i in over_quota + failed]
         later += [Recipient(a, False) for a in tx.remote]
+        # A Sieve reject among several recipients: the queue runner bounces it (a DSN) at once.
+        later += [Recipient(i.address, True, status="failed", reason=reply) for i, reply in refused]
         if later:
             try:
                 tx.spool.finish(sync=True)

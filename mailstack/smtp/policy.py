@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import TYPE_CHECKING
 
+from .. import metrics
 from ..config import SmtpListener
 from ..filters import Envelope
 from ..filters.pipeline import header_bytes
@@ -60,7 +62,7 @@ class Policy:
             login = session.auth_data
             reached = None if address == "<>" else await self.server.expand_local(address)
             if reached is None or not any(a.login == login for a in reached[0]):
-                log.warning("client=%s login=%s refused sender=%s", smtp.client_ip, login, address[:200])
+                log.warning("session=%s client=%s login=%s refused sender=%s", smtp.id, smtp.client_ip, login, address[:200])
                 return f"553 5.7.1 Sender address not owned by {login}"
         for opt in options:
             if opt.startswith("SIZE="):
@@ -79,7 +81,7 @@ class Policy:
         domain = address.rpartition("@")[2].lower()
         if domain not in self.cfg.server.domains:
             if not self.submission:
-                log.warning("client=%s relay refused to=%s", smtp.client_ip, address[:200])
+                log.warning("session=%s client=%s relay refused to=%s", smtp.id, smtp.client_ip, address[:200])
                 return "554 5.7.1 Relay access denied"
             if address.lower() not in (r.lower() for r in envelope.remote):
                 envelope.remote.append(address)
@@ -94,6 +96,7 @@ class Policy:
                     return refusal
             for a in accounts:
                 envelope.accounts[a.login] = a
+                envelope.reached_by.setdefault(a.login, []).append(address)  # Sieve vacation: "my" addresses
             envelope.remote.extend(r for r in remote if r not in envelope.remote)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
@@ -215,6 +218,7 @@ class Policy:
             id=env.msg_id,
             sender="" if env.mail_from == "<>" else env.mail_from,
             accounts=dict(env.accounts),
+            reached_by={k: list(v) for k, v in env.reached_by.items()},
             remote=list(env.remote),
             spool=spool,
             client=smtp.client_ip,
@@ -228,6 +232,7 @@ class Policy:
         if smtp._timeout_handle is not None:  # delivery is our time, not the client's
             smtp._timeout_handle.cancel()
         status = "451 4.3.0 Interrupted"  # what the log says if the client leaves first
+        start = time.monotonic()
         try:
             spool.finish()
             status = await self.server.run_to_the_end(self._mail_auth, tx)
@@ -237,11 +242,16 @@ class Policy:
                 status = await self.server.run_to_the_end(self.server.delivery.deliver, tx)
         finally:
             spool.discard()  # delivered copies and the queue have their own links
-            if tx.queued and self.server.runner is not None:
-                self.server.runner.schedule(tx.id)
+            if self.server.runner is not None:
+                for entry_id in ([tx.id] if tx.queued else []) + tx.spawned:
+                    self.server.runner.schedule(entry_id)
+            code = (status or "451")[:1]
+            metrics.MESSAGES.labels("smtp", {"2": "received", "4": "tempfailed"}.get(code, "rejected")).inc()
+            metrics.BYTES.labels("smtp", "in").inc(spool.size)
+            metrics.TRANSACTION_SECONDS.labels(self.listener.kind).observe(time.monotonic() - start)
             log.info(  # even when the client went away meanwhile: what was delivered is on record
-                "message id=%s listener=%s client=%s login=%s from=<%s> rcpts=%d size=%d status=%s %s",
-                tx.id, tx.listener, tx.client, tx.login or "-", tx.sender[:200], tx.rcpt_count, spool.size,
+                "message id=%s session=%s listener=%s client=%s login=%s from=<%s> rcpts=%d size=%d status=%s %s",
+                tx.id, smtp.id, tx.listener, tx.client, tx.login or "-", tx.sender[:200], tx.rcpt_count, spool.size,
                 (status or "451")[:3], " ".join(tx.results),
             )
         smtp._reset_timeout()

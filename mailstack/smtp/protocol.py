@@ -23,13 +23,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import itertools
 import logging
+import os
 import re
 from base64 import b64decode
 from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope
 
+from .. import metrics
 from ..accounts.auth import Outcome
 from .address import parse_path
 from .dotdata import DataDecoder
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
     from .policy import Policy
 
 log = logging.getLogger("mailstack.smtp")
+_IDS = itertools.count(1)
 
 CHUNK = 64 * 1024
 _BDAT = re.compile(r"^(\d{1,15})(?: +(LAST))?$", re.IGNORECASE)
@@ -57,6 +61,7 @@ class MailEnvelope(Envelope):
         super().__init__()
         self.declared_size = 0
         self.accounts: dict = {}  # login -> AccountInfo, local recipients after expansion
+        self.reached_by: dict[str, list[str]] = {}  # login -> the RCPT addresses that reached it
         self.remote: list[str] = []
         self.spool: SpoolFile | None = None  # BDAT in progress
         self.msg_id = ""
@@ -66,7 +71,8 @@ class SmtpSession(SMTP):
     AuthLoginUsernameChallenge = "Username:"
     AuthLoginPasswordChallenge = "Password:"
 
-    def __init__(self, policy: Policy, *, tls_context, implicit_tls: bool, loop: asyncio.AbstractEventLoop):
+    def __init__(self, policy: Policy, *, tls_context, implicit_tls: bool, loop: asyncio.AbstractEventLoop,
+                 peer: tuple[str, int] | None = None):
         cfg = policy.cfg
         submission = policy.submission
         super().__init__(
@@ -91,7 +97,9 @@ class SmtpSession(SMTP):
         self.implicit_tls = implicit_tls
         self.errors = 0
         self.client_ip = ""
+        self._proxied_peer = peer  # the client a PROXY header named (smtp/proxied.py), else None
         self._refused = False
+        self.id = f"s{os.getpid()}-{next(_IDS)}"  # in every log line of this session
 
     def __dir__(self) -> list[str]:
         """aiosmtpd finds its commands and AUTH mechanisms with dir() and
@@ -103,7 +111,7 @@ class SmtpSession(SMTP):
 
     def connection_made(self, transport) -> None:
         if self._original_transport is None and self.transport is None:  # not the STARTTLS re-entry
-            peer = transport.get_extra_info("peername")
+            peer = self._proxied_peer or transport.get_extra_info("peername")
             self.client_ip = peer[0] if peer else ""
             refusal = self.policy.server.open_connection(self, self.client_ip)
             if refusal:
@@ -111,11 +119,19 @@ class SmtpSession(SMTP):
                 transport.write(refusal.encode() + b"\r\n")
                 transport.close()
                 return
+            listener = self.policy.listener
+            metrics.CONNECTIONS.labels("smtp", str(listener.port)).inc()
+            log.info("session=%s connect client=%s port=%d kind=%s tls=%s",
+                     self.id, self.client_ip, listener.port, listener.kind, listener.tls)
         super().connection_made(transport)
+        if self._proxied_peer is not None:  # aiosmtpd's session.peer is the socket's peer
+            self.session.peer = self._proxied_peer
 
     def connection_lost(self, error) -> None:
         if self._refused:
             return
+        if self in self.policy.server.sessions:
+            log.info("session=%s disconnect user=%s", self.id, getattr(self.session, "auth_data", None) or "-")
         self.policy.server.close_connection(self, self.client_ip)
         self._drop_bdat()
         super().connection_lost(error)
@@ -153,7 +169,7 @@ class SmtpSession(SMTP):
         if code >= 400 and code != 421:
             self.errors += 1
             if self.errors > self.policy.cfg.smtp.max_errors:
-                log.warning("client=%s too many errors; disconnecting", self.client_ip)
+                log.warning("session=%s client=%s too many errors; disconnecting", self.id, self.client_ip)
                 await super().push("421 4.7.0 Too many errors; closing connection")
                 self.transport.close()
 
@@ -161,7 +177,7 @@ class SmtpSession(SMTP):
         await super().push(line)
 
     async def handle_exception(self, error: Exception) -> str:
-        log.exception("client=%s session error", self.client_ip)
+        log.exception("session=%s client=%s session error", self.id, self.client_ip)
         return "451 4.3.0 Internal error; try again later"
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
@@ -231,7 +247,7 @@ class SmtpSession(SMTP):
 
     async def _verify(self, user: bytes, password: bytes) -> AuthResult:
         result = await self.policy.auth.authenticate_async(
-            user.decode("utf-8", "replace"), password.decode("utf-8", "replace"), self.client_ip, "smtp"
+            user.decode("utf-8", "replace"), password.decode("utf-8", "replace"), self.client_ip, "smtp", self.id
         )
         if result.ok:
             return AuthResult(success=True, auth_data=result.login, message=f"235 2.7.0 Authenticated as {result.login}")
@@ -316,7 +332,7 @@ class SmtpSession(SMTP):
                 env.spool = self.policy.open_spool(self)  # the slot goes with it (see _drop_bdat)
             except Exception:
                 server.release_transfer(self.client_ip)
-                log.exception("client=%s cannot open a spool", self.client_ip)
+                log.exception("session=%s client=%s cannot open a spool", self.id, self.client_ip)
                 await self._skip(size)
                 await self.push("451 4.3.0 Cannot store the message now; try again later")
                 self._set_rset_state()
@@ -331,7 +347,7 @@ class SmtpSession(SMTP):
             spool.write(chunk)
             remaining -= len(chunk)
         if spool.error is not None:  # the chunk was read to its end: still in step
-            log.error("client=%s spool write failed: %s", self.client_ip, spool.error)
+            log.error("session=%s client=%s spool write failed: %s", self.id, self.client_ip, spool.error)
             self._set_rset_state()  # drops the BDAT transfer and its slot
             await self.push("451 4.3.0 Cannot store the message now; try again later")
             return
@@ -363,7 +379,7 @@ class SmtpSession(SMTP):
                 spool.discard()
                 return f"552 5.3.4 Message exceeds the limit of {spool.limit} bytes"
             if spool.error is not None:
-                log.error("client=%s spool write failed: %s", self.client_ip, spool.error)
+                log.error("session=%s client=%s spool write failed: %s", self.id, self.client_ip, spool.error)
                 spool.discard()
                 return "451 4.3.0 Cannot store the message now; try again later"
             spool.crlf_only = is_data

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from ..files import write_all, write_atomic
 
@@ -105,10 +106,17 @@ class Queue:
 
     def add_bytes(self, data: bytes, entry: Entry) -> None:
         """Queue a message we made (a bounce): small, so written from memory."""
+        self.add_copy(data, io.BytesIO(b""), entry)
+
+    def add_copy(self, prefix: bytes, source: BinaryIO, entry: Entry) -> None:
+        """Queue a copy of a message with header lines in front (a Sieve
+        redirect), streamed: a 100 MB message is never in memory."""
         tmp = self.path / f".{entry.id}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            write_all(fd, data)
+            write_all(fd, prefix)
+            while chunk := source.read(1 << 16):
+                write_all(fd, chunk)
             os.fsync(fd)
         finally:
             os.close(fd)

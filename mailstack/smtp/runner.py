@@ -26,6 +26,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from .. import metrics
 from ..mailauth.signing import sign_for_domain
 from ..resolver import make_async_resolver
 from ..store.folder import OverQuota
@@ -34,6 +35,7 @@ from .outbound import Delivery, Outcome, client_tls_context
 from .queue import Entry, Recipient
 
 if TYPE_CHECKING:
+    from ..config import Config
     from .server import Server
 
 log = logging.getLogger("mailstack.queue")
@@ -62,6 +64,11 @@ class QueueRunner:
         self._connections = asyncio.Semaphore(self.cfg.queue.concurrency)  # remote sessions open
         self._domains: dict[str, tuple[asyncio.Semaphore, int]] = {}  # per destination: limit, users
         self._stopping = False
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Attempts started from now on use ``cfg`` (its resolvers, timeouts, TLS rule)."""
+        self.cfg = cfg
+        self.outbound = Delivery(cfg, make_async_resolver(cfg.dns), self.outbound.tls)
 
     # -- the schedule ------------------------------------------------------------
 
@@ -115,6 +122,8 @@ class QueueRunner:
                 task = asyncio.create_task(self._attempt(entry_id))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            metrics.QUEUE_SIZE.labels("scheduled").set(len(self._due))
+            metrics.QUEUE_SIZE.labels("active").set(len(self._active))
             delay = POLL if not self._heap else max(0.0, min(POLL, self._heap[0][0] - time.time()))
             self._wake.clear()
             try:
@@ -189,10 +198,14 @@ class QueueRunner:
         self._domains[domain] = (sem, users + 1)
         try:
             async with sem, self._connections:
+                start = time.monotonic()
                 outcomes = await self.outbound.deliver(
                     domain, entry.sender, list(by_address), self.queue.message_path(entry.id),
                     body8=entry.body == "8BITMIME", smtputf8=entry.smtputf8, record=record,
                 )
+                statuses = {o.status for o in outcomes.values()}
+                result = "deferred" if "pending" in statuses else "bounced" if "failed" in statuses else "delivered"
+                metrics.DELIVERY_SECONDS.labels(result).observe(time.monotonic() - start)
         finally:
             sem, users = self._domains[domain]
             if users <= 1:
@@ -206,6 +219,7 @@ class QueueRunner:
     def _apply(self, entry: Entry, r: Recipient, o: Outcome) -> None:
         r.status, r.reason, r.remote_mta = o.status, o.reason, o.remote_mta
         word = {"delivered": "sent", "failed": "bounced", "pending": "deferred"}[o.status]
+        metrics.MESSAGES.labels("queue", {"sent": "delivered"}.get(word, word)).inc()
         log.info(
             "queue id=%s to=<%s> relay=%s attempt=%d status=%s reply=%s",
             entry.id, r.address[:200], o.remote_mta or "-", entry.attempts + 1, word, o.reason[:300],
@@ -226,8 +240,17 @@ class QueueRunner:
                     self._apply(entry, r, Outcome("failed", "550 5.1.1 Recipient address unknown"))
                     self.queue.save(entry)
                     continue
+                refusal = None
                 for info in reached[0]:
-                    self.server.delivery.deliver_file(info, path, entry.folder)
+                    result, spawned = self.server.delivery.deliver_file(info, path, entry, r.address)
+                    for new_id in spawned:
+                        self.submit(new_id)
+                    if result != "stored":
+                        refusal = result  # a Sieve reject: bounced like a remote 5xx
+                if refusal is not None:
+                    self._apply(entry, r, Outcome("failed", refusal))
+                    self.queue.save(entry)
+                    continue
             except OverQuota:
                 self._apply(entry, r, Outcome("pending", "452 4.2.2 Mailbox full"))
                 continue

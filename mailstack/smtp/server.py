@@ -20,10 +20,12 @@ from typing import Any, Callable, TypeVar
 from ..accounts.auth import Authenticator
 from ..accounts.directory import AccountInfo, Directory
 from ..config import Config, SmtpListener
-from ..daemon import notify
+from .. import metrics
+from ..daemon import notify, reload_config
+from ..filters import FilterError
 from ..filters.pipeline import Pipeline
 from ..filters.pipeline import load as load_filters
-from ..tls import server_context
+from ..tls import reload_chain, server_context
 from .delivery import LocalDelivery
 from .policy import Policy
 from .protocol import SmtpSession
@@ -69,6 +71,7 @@ class Server:
         self.runner: QueueRunner | None = None  # set once the loop runs (_serve)
         self.filters = Pipeline(load_filters(cfg))
         self.quarantine = Quarantine(cfg.storage.spool)
+        self.policies: list[Policy] = []
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -87,28 +90,34 @@ class Server:
         self._lookups[key] = (now + LOOKUP_TTL, result)
         return result
 
-    def factory(self, listener: SmtpListener) -> Callable[[], SmtpSession]:
+    def factory(self, listener: SmtpListener) -> Callable[..., SmtpSession]:
+        """Sessions of one listener; ``peer`` is the client a PROXY header named."""
         policy = Policy(self, listener)
+        self.policies.append(policy)
         implicit = listener.tls == "implicit"
         loop = asyncio.get_running_loop()
-        return lambda: SmtpSession(policy, tls_context=self.tls_context, implicit_tls=implicit, loop=loop)
+        return lambda peer=None: SmtpSession(policy, tls_context=self.tls_context, implicit_tls=implicit, loop=loop, peer=peer)
 
     # -- limits ----------------------------------------------------------------------
 
     def open_connection(self, session: SmtpSession, address: str) -> str | None:
         """None to accept a connection, else the 421 reply that refuses it."""
         if len(self.sessions) >= self.cfg.smtp.max_connections:
+            metrics.CONNECTIONS_REFUSED.labels("smtp", "max_connections").inc()
             return "421 4.3.2 Too many connections; try again later"
         if self.per_address.get(address, 0) >= self.cfg.smtp.max_per_address:
             log.warning("client=%s refused: too many connections from this address", address)
+            metrics.CONNECTIONS_REFUSED.labels("smtp", "per_address").inc()
             return "421 4.7.0 Too many connections from your address; try again later"
         self.per_address[address] = self.per_address.get(address, 0) + 1
         self.sessions.add(session)
+        metrics.ACTIVE.labels("smtp").inc()
         return None
 
     def close_connection(self, session: SmtpSession, address: str) -> None:
         if session in self.sessions:
             self.sessions.discard(session)
+            metrics.ACTIVE.labels("smtp").dec()
             n = self.per_address.get(address, 1) - 1
             if n > 0:
                 self.per_address[address] = n
@@ -152,15 +161,41 @@ class Server:
 
     # -- signals ---------------------------------------------------------------------
 
+    def reconfigure(self, cfg: Config) -> None:
+        """SIGHUP with a configuration that loaded (restart-only keys already
+        kept): new sessions, deliveries and queue attempts use it; those in
+        progress finish with what they started with."""
+        import dataclasses
+
+        from ..resolver import install
+
+        old = self.cfg
+        # First what can fail (nothing is swapped yet), then the swap.
+        filters = None
+        if cfg.filters != old.filters:
+            try:
+                filters = Pipeline(load_filters(cfg))
+            except FilterError as e:
+                log.error("reload: %s; keeping the running filters", e)
+                cfg = dataclasses.replace(cfg, filters=old.filters)  # the next reload tries again
+        if cfg.dns != old.dns:
+            install(cfg.dns)
+        if self.runner is not None:
+            self.runner.reconfigure(cfg)
+        self.cfg = cfg
+        self.auth.reconfigure(cfg)
+        self.delivery.cfg = cfg
+        for policy in self.policies:
+            policy.cfg = cfg
+        if filters is not None:
+            # Messages in the middle of the old pipeline finish with it; its
+            # threads end once it is no longer referenced.
+            self.filters = filters
+            log.info("reload: filters %s", ", ".join(f.name for f in cfg.filters) or "none")
+        self._lookups.clear()
+
     def reload_tls(self) -> None:
-        """New connections get the new certificate; open ones keep theirs."""
-        tls = self.cfg.tls
-        try:
-            self.tls_context.load_cert_chain(tls.certificate, tls.key)
-        except (OSError, ValueError) as e:
-            log.error("reload: cannot load certificate %s: %s; keeping the old one", tls.certificate, e)
-            return
-        log.info("reload: certificate %s loaded", tls.certificate)
+        reload_chain(self.tls_context, self.cfg.tls)
 
     async def stop(self) -> None:
         deadline = asyncio.get_running_loop().time() + STOP_GRACE
@@ -194,6 +229,17 @@ def _worker(cfg: Config, socks) -> int:
     return asyncio.run(_serve(cfg, socks))
 
 
+def _reload(server: Server) -> None:
+    try:
+        new = reload_config(server.cfg)
+        if new is not None:
+            server.reconfigure(new)
+    except Exception:  # noqa: BLE001 (a resolver, a filter's own setup...): the running configuration stays
+        log.exception("reload failed; the running configuration stays")
+    finally:
+        server.reload_tls()
+
+
 async def _serve(cfg: Config, socks) -> int:
     loop = asyncio.get_running_loop()
     server = Server(cfg)
@@ -204,12 +250,19 @@ async def _serve(cfg: Config, socks) -> int:
         tls: dict[str, Any] = {}
         if listener.tls == "implicit":
             tls = {"ssl": server.tls_context, "ssl_handshake_timeout": 30}
-        listening.append(await loop.create_server(server.factory(listener), sock=sock, **tls))
+        if listener.proxy:  # accepts itself: the PROXY header comes before TLS and the greeting
+            from ..proxyproto import Trusted
+            from .proxied import ProxyListener
+
+            trusted = Trusted(cfg.server.proxy_trusted)
+            listening.append(ProxyListener(sock, server.factory(listener), trusted, tls.get("ssl")))
+        else:
+            listening.append(await loop.create_server(server.factory(listener), sock=sock, **tls))
         log.info("listening kind=%s address=%s port=%d tls=%s", listener.kind, listener.address, listener.port, listener.tls)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(server))
     log.info("ready pid=%d", os.getpid())
     await stop.wait()
     log.info("stopping pid=%d", os.getpid())
@@ -224,7 +277,7 @@ async def _serve(cfg: Config, socks) -> int:
 
 def run(cfg: Config) -> int:
     """Listen on every [[smtp.listeners]] and serve until SIGTERM/SIGINT."""
-    from ..daemon import bind_listeners, supervise
+    from ..daemon import bind_listeners, start_metrics, supervise
 
     Directory(cfg).check_schema()
     server_context(cfg.tls)  # fail now, with one clear line (TlsError), on a bad certificate
@@ -233,4 +286,5 @@ def run(cfg: Config) -> int:
     socks = bind_listeners(cfg.smtp.listeners)
     if socks is None:
         return 1
+    start_metrics(cfg, "smtpd", cfg.metrics.smtp_port)
     return supervise(cfg.smtp.workers, lambda: _worker(cfg, socks))

@@ -79,8 +79,12 @@ QuotaHook = Callable[[int, int], None]  # (bytes, messages): check if positive, 
 
 
 class Folder:
-    def __init__(self, path: Path, name: str, quota_check: QuotaHook | None = None, quota_record: QuotaHook | None = None):
+    def __init__(
+        self, path: Path, name: str, quota_check: QuotaHook | None = None, quota_record: QuotaHook | None = None,
+        shared: bool = False,
+    ):
         self.path = path
+        self.shared = shared  # the mail root is on a file system several machines use (no WAL)
         self.name = name
         self._quota_check = quota_check
         self._quota_record = quota_record
@@ -118,17 +122,17 @@ class Folder:
 
     def _open_index(self) -> Index:
         try:
-            return Index(self.path)
+            return Index(self.path, wal=not self.shared)
         except IndexCorrupt:
             Index.remove(self.path)
-            return Index(self.path)
+            return Index(self.path, wal=not self.shared)
 
     def _rebuild_index(self) -> None:
         try:
             self.index.close()
         finally:
             Index.remove(self.path)
-            self.index = Index(self.path)
+            self.index = Index(self.path, wal=not self.shared)
         self._full_sync()
 
     def close(self) -> None:
@@ -656,20 +660,24 @@ class Folder:
             self._quota_record(size, 1)
         return uid
 
-    def drop(self, stream: BinaryIO | Iterable[bytes], limit: int | None = None) -> str:
+    def drop(self, stream: BinaryIO | Iterable[bytes], limit: int | None = None, flags: Iterable[str] = ()) -> str:
         """Deliver as a mail delivery agent does (Dovecot's LDA, procmail): the
         message is durable in new/ when this returns (file fsynced, renamed,
         directory fsynced) and gets its UID from the next reader's sync.  No
         lock, no uid list, no index: the fast path for SMTP, which needs no
-        UID.  Returns the file's base name."""
+        UID.  Returns the file's base name.  With ``flags`` (Sieve's
+        imap4flags) the file goes to cur/ with their letters, as Dovecot's
+        LDA does."""
+        letters = self.letters_for(flags) if flags else ""
         tmp, stem, size = self._write_tmp(stream, None, limit, None)
-        return self._into_new(tmp, stem, size)
+        return self._into_new(tmp, stem, size, letters)
 
-    def drop_file(self, path: Path) -> str:
+    def drop_file(self, path: Path, flags: Iterable[str] = ()) -> str:
         """``drop`` for a message already in a file with CRLF line ends on the
         same file system (the SMTP spool): hard-linked into tmp/ instead of
         copied, as Dovecot's deliver does for several recipients.  Raises
         OSError (EXDEV across file systems): the caller then copies."""
+        letters = self.letters_for(flags) if flags else ""
         size = os.stat(path).st_size
         if self._quota_check:
             self._quota_check(size, 1)
@@ -685,20 +693,21 @@ class Folder:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return self._into_new(tmp, stem, size)
+        return self._into_new(tmp, stem, size, letters)
 
-    def _into_new(self, tmp: Path, stem: str, size: int) -> str:
+    def _into_new(self, tmp: Path, stem: str, size: int, letters: str = "") -> str:
         """The end of a drop: an fsynced tmp/ file renamed into new/.  Once it
         is there, a failure must not make the caller think it was not
         delivered (a retry would duplicate it): it is logged."""
         base = f"{stem},S={size},W={size}"
+        sub, name = ("cur", f"{base}:2,{letters}") if letters else ("new", base)
         try:
-            os.rename(tmp, self.path / "new" / base)
+            os.rename(tmp, self.path / sub / name)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         try:
-            self._fsync_dir("new")
+            self._fsync_dir(sub)
         except OSError as e:
             log.error("%s: directory fsync after delivering %s failed: %s", self.path, base, e)
         if self._quota_record:

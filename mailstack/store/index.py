@@ -9,6 +9,7 @@ epoch), so they never go backwards for a client that cached an older value.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+log = logging.getLogger("mailstack.store")
 INDEX = "mailstack-index.sqlite"
 SCHEMA_VERSION = "2"
 
@@ -63,15 +65,15 @@ def clock_modseq() -> int:
     return time.time_ns() // 1000
 
 
-def _wal(db: sqlite3.Connection, patience: float = 30.0) -> None:
-    """Switch to WAL.  While another process creates the same new index, SQLite
-    may answer this switch "locked" at once, without waiting for its busy
-    timeout: wait here instead."""
+def _journal(db: sqlite3.Connection, mode: str, patience: float = 30.0) -> None:
+    """Switch to WAL (or back to a rollback journal).  While another process
+    creates the same new index, SQLite may answer this switch "locked" at
+    once, without waiting for its busy timeout: wait here instead."""
     deadline = time.monotonic() + patience
     delay = 0.005
     while True:
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA journal_mode={mode}")
             return
         except sqlite3.OperationalError as e:
             if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
@@ -81,8 +83,12 @@ def _wal(db: sqlite3.Connection, patience: float = 30.0) -> None:
 
 
 class Index:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, wal: bool = True):
+        """``wal=False`` for a mail root shared by several machines: WAL needs
+        shared memory, which a network file system does not give; the
+        rollback journal only needs the POSIX locks NFSv4 provides."""
         self.path = folder / INDEX
+        self.wal = wal
         self._db: sqlite3.Connection | None = None
         self._depth = 0
         try:
@@ -112,7 +118,13 @@ class Index:
         """The connection, opened again after release()."""
         if self._db is None:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
-            _wal(db)
+            if self.wal:
+                _journal(db, "WAL")
+            else:
+                try:  # leaving WAL needs the index to itself; until then, it stays as it is
+                    _journal(db, "DELETE", patience=2.0)
+                except sqlite3.OperationalError as e:
+                    log.warning("%s: still in WAL mode (%s); it changes when no process has it open", self.path, e)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA cache_size=-512")  # KiB: thousands of sessions each hold one
             self._db = db

@@ -46,8 +46,9 @@ class FolderInfo:
 class Store:
     """The mail root: ROOT/DOMAIN/LOGIN/Maildir for every account."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, shared: bool = False):
         self.root = root
+        self.shared = shared  # [storage] shared: a network file system several nodes use
 
     def mailbox(self, domain: str, login: str, bytes_limit: int = 0, messages_limit: int = 0) -> Mailbox:
         domain, login = domain.lower(), login.lower()
@@ -55,12 +56,13 @@ class Store:
             raise ValueError(f"invalid domain {domain!r}")
         if not _LOGIN.match(login) or ".." in login:
             raise ValueError(f"invalid login {login!r}")
-        return Mailbox(self.root / domain / login / "Maildir", bytes_limit, messages_limit)
+        return Mailbox(self.root / domain / login / "Maildir", bytes_limit, messages_limit, self.shared)
 
 
 class Mailbox:
-    def __init__(self, path: Path, bytes_limit: int = 0, messages_limit: int = 0):
+    def __init__(self, path: Path, bytes_limit: int = 0, messages_limit: int = 0, shared: bool = False):
         self.path = path
+        self.shared = shared
         self.quota = Quota(path, bytes_limit, messages_limit)
         self.ensure()
 
@@ -104,7 +106,7 @@ class Mailbox:
         p = self._dir(name)
         if not (p / "cur").is_dir():
             raise NoSuchFolder(f"no folder {name!r}")
-        f = Folder(p, name, self._quota_check, self.quota.record)
+        f = Folder(p, name, self._quota_check, self.quota.record, self.shared)
         if sync:
             f.sync(max_age)
         return f

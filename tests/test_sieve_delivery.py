@@ -1,0 +1,199 @@
+"""Sieve at delivery, end to end: scripts stored with ``mailstack sieve`` and
+``mailstack vacation``, mail sent with swaks and smtplib to a real smtpd,
+the result read with imapclient from a real imapd on the same home.
+
+The académie's three rules: rectorate circulars filed into "Institution",
+mail from the head of school flagged, an absence reply during holidays.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from datetime import date, timedelta
+
+import pytest
+
+from tests.conftest import need
+from tests.smtp_server import DOMAIN, make_server
+
+RECTORAT = "circulaires@region-academique-normandie.fr"
+RULES = f"""require ["fileinto", "mailbox", "imap4flags"];
+# Circulars from the rectorate
+if allof (address :is "from" "{RECTORAT}", header :contains "subject" "Circulaire") {{
+    fileinto :create "Institution";
+    stop;
+}}
+# The head of school
+if address :is "from" "principal.lycee@{DOMAIN}" {{
+    addflag "\\\\Flagged";
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    smtp = make_server(tmp_path_factory.mktemp("sieve"))
+    imap = smtp.imap_beside()
+    smtp.start()
+    imap.start()
+    smtp.teacher = smtp.add_user("Camille", "Enseignante")
+    smtp.principal = smtp.add_user("Principal", "Lycee")
+    assert smtp.principal == "principal.lycee"
+    yield smtp, imap
+    imap.stop()
+    smtp.stop()
+
+
+def swaks(*args: str) -> subprocess.CompletedProcess:
+    need(shutil.which("swaks") is not None, "swaks (Debian package swaks)")
+    return subprocess.run(["swaks", "--silent", "1", *args], capture_output=True, text=True, timeout=60)
+
+
+def imap_client(imap, login: str):
+    from imapclient import IMAPClient
+
+    c = IMAPClient("127.0.0.1", port=imap.imaps_port, ssl=True, ssl_context=imap.context(), timeout=30)
+    c.login(login, imap.users[login])
+    return c
+
+
+def wait(predicate, what: str, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_the_academie_rules_end_to_end(home, tmp_path):
+    smtp, imap = home
+    teacher, principal = smtp.teacher, smtp.principal
+    (tmp_path / "rules.sieve").write_text(RULES)
+    assert "stored rules (active)" in smtp.cli("sieve", "put", teacher, str(tmp_path / "rules.sieve"), "--activate")
+    (tmp_path / "absence.txt").write_text("Je suis en congés.\nRetour le lundi.\n")
+    today = date.today()
+    out = smtp.cli("vacation", "set", teacher, "--from", str(today - timedelta(days=1)), "--until",
+                   str(today + timedelta(days=1)), "--subject", "Absence de Camille", "--message-file",
+                   str(tmp_path / "absence.txt"))
+    assert "in script rules (active)" in out
+    assert smtp.cli("sieve", "list", teacher).split() == ["rules", "(active)"]
+    script = smtp.cli("sieve", "get", teacher, "rules")
+    assert "vacation :days 7" in script and 'fileinto :create "Institution"' in script
+
+    # 1. A circular from the rectorate, through the MX (swaks): into "Institution", created and subscribed.
+    r = swaks("--server", f"127.0.0.1:{smtp.mx_port}", "--from", RECTORAT, "--to", f"{teacher}@{DOMAIN}",
+              "--header", f"From: Rectorat <{RECTORAT}>", "--header", "Subject: Circulaire de rentrée n°12",
+              "--header", f"To: {teacher}@{DOMAIN}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    c = imap_client(imap, teacher)
+    try:
+        assert "Institution" in [f[2] for f in c.list_sub_folders()]
+        c.select_folder("Institution")
+        assert len(c.search()) == 1
+        c.select_folder("INBOX")
+        assert c.search() == []
+
+        # 2. The head of school, through submission: INBOX, flagged; a vacation reply to them.
+        with smtp.submission(principal) as s:
+            s.sendmail(f"{principal}@{DOMAIN}", [f"{teacher}@{DOMAIN}"],
+                       f"From: {principal}@{DOMAIN}\r\nTo: {teacher}@{DOMAIN}\r\nSubject: Conseil de classe\r\n"
+                       f"Message-ID: <cc1@{DOMAIN}>\r\n\r\nDemain 17h.\r\n".encode())
+        c.noop()
+        uids = wait(lambda: c.search(), "the principal's mail in INBOX")
+        assert b"\\Flagged" in c.get_flags(uids)[uids[0]]
+    finally:
+        c.logout()
+
+    p = imap_client(imap, principal)
+    try:
+        p.select_folder("INBOX")
+        replies = wait(lambda: p.search(["SUBJECT", "Absence de Camille"]), "the vacation reply")
+        raw = p.fetch(replies, ["RFC822"])[replies[0]][b"RFC822"]
+        assert b"Auto-Submitted: auto-replied" in raw and b"In-Reply-To: <cc1@" in raw
+        assert "Je suis en congés.".encode() in raw
+        # 3. Once per period: a second mail from the same sender gets no second reply.
+        with smtp.submission(principal) as s:
+            s.sendmail(f"{principal}@{DOMAIN}", [f"{teacher}@{DOMAIN}"],
+                       f"From: {principal}@{DOMAIN}\r\nTo: {teacher}@{DOMAIN}\r\nSubject: Encore\r\n\r\nx\r\n".encode())
+        wait(lambda: "already answered" in smtp.log_path.read_text(), "the once-per-period rule at work")
+        p.noop()
+        assert len(p.search(["SUBJECT", "Absence de Camille"])) == 1
+    finally:
+        p.logout()
+
+    # 4. No reply to a mailing list.
+    with smtp.mx() as s:
+        s.sendmail("liste@lists.example.org", [f"{teacher}@{DOMAIN}"],
+                   f"From: liste@lists.example.org\r\nTo: {teacher}@{DOMAIN}\r\nList-Id: <profs.lists.example.org>\r\n"
+                   "Subject: digest\r\n\r\nx\r\n".encode())
+    wait(lambda: "vacation not sent: mailing list" in smtp.log_path.read_text(), "the list rule")
+
+    # vacation off leaves the other rules
+    smtp.cli("vacation", "off", teacher)
+    assert "vacation" not in smtp.cli("sieve", "get", teacher, "rules").replace("mailstack vacation", "")
+    assert "no vacation reply" in smtp.cli("vacation", "show", teacher)
+
+
+def test_reject_redirect_and_broken_scripts(home, tmp_path):
+    smtp, imap = home
+    refuser = smtp.add_user("Refus", "Total")
+    forwarder = smtp.add_user("Renvoi", "Ailleurs")
+    target = smtp.add_user("Cible", "Finale")
+    (tmp_path / "r.sieve").write_text('require "reject";\nreject "Je ne lis plus cette adresse.";\n')
+    smtp.cli("sieve", "put", refuser, str(tmp_path / "r.sieve"), "--activate")
+    r = swaks("--server", f"127.0.0.1:{smtp.mx_port}", "--from", "x@example.org", "--to", f"{refuser}@{DOMAIN}")
+    assert r.returncode != 0 and "550 5.7.1 Je ne lis plus cette adresse." in r.stdout + r.stderr
+    assert smtp.messages(refuser) == []
+
+    # Redirect with a loop: forwarder -> target -> forwarder stops at the second hop.
+    (tmp_path / "f.sieve").write_text(f'redirect "{target}@{DOMAIN}";\n')
+    smtp.cli("sieve", "put", forwarder, str(tmp_path / "f.sieve"), "--activate")
+    (tmp_path / "t.sieve").write_text(f'require "copy";\nredirect :copy "{forwarder}@{DOMAIN}";\n')
+    smtp.cli("sieve", "put", target, str(tmp_path / "t.sieve"), "--activate")
+    with smtp.mx() as s:
+        s.sendmail("x@example.org", [f"{forwarder}@{DOMAIN}"], b"Subject: renvoi\r\n\r\nx\r\n")
+    got = wait(lambda: smtp.messages(target), "the redirected copy")
+    assert f"X-Sieve-Redirected-From: {forwarder}@{DOMAIN}".encode() in got[0]
+    wait(lambda: "it would loop" in smtp.log_path.read_text(), "the loop stopped")
+    # The copy that came back is not redirected again; its redirect cancelled
+    # the keep but did not happen, so it is kept rather than lost.
+    back = wait(lambda: smtp.messages(forwarder), "the looped copy kept")
+    assert f"X-Sieve-Redirected-From: {target}@{DOMAIN}".encode() in back[0]
+    time.sleep(1)
+    assert len(smtp.messages(target)) == 1 and len(smtp.messages(forwarder)) == 1
+
+    # A script broken on disk (edited by hand): the message is kept in INBOX, the error logged.
+    broken = smtp.home / "mail" / DOMAIN / target / "sieve" / "t.sieve"
+    broken.write_text("if true { keep\n")
+    with smtp.mx() as s:
+        s.sendmail("x@example.org", [f"{target}@{DOMAIN}"], b"Subject: toujours\r\n\r\nx\r\n")
+    wait(lambda: any(b"Subject: toujours" in m for m in smtp.messages(target)), "kept despite the broken script")
+    assert "does not load" in smtp.log_path.read_text()
+
+    # A multi-recipient message: the refuser's copy bounces (a DSN to the sender), the other is delivered.
+    with smtp.submission(target) as s:
+        s.sendmail(f"{target}@{DOMAIN}", [f"{refuser}@{DOMAIN}", f"{smtp.teacher}@{DOMAIN}"], b"Subject: deux\r\n\r\nx\r\n")
+    dsn = wait(lambda: [m for m in smtp.messages(target) if b"multipart/report" in m], "the bounce for the refuser")
+    assert b"Je ne lis plus cette adresse." in dsn[0]
+
+
+def test_cli_errors_are_one_line(home, tmp_path):
+    smtp, _ = home
+    from tests.conftest import run_cli
+
+    (tmp_path / "bad.sieve").write_text('require "fileinto";\nfileinto;\n')
+    r = run_cli("sieve", "put", smtp.teacher, str(tmp_path / "bad.sieve"), config=smtp.config)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "line 2, column" in r.stderr, r.stderr
+    (tmp_path / "keep.sieve").write_text("keep;\n")
+    smtp.cli("sieve", "put", smtp.teacher, str(tmp_path / "keep.sieve"), "--name", "rules", "--activate")
+    r = run_cli("sieve", "delete", smtp.teacher, "rules", config=smtp.config)
+    assert r.returncode == 1 and "'rules' is the active script: deactivate it first" in r.stderr, r.stderr
+    r = run_cli("vacation", "set", smtp.teacher, "--from", "2026-13-01", "--until", "2026-12-31", "--subject", "x",
+                "--message-file", "-", stdin="x", config=smtp.config)
+    assert r.returncode == 1 and "--from '2026-13-01': expected a date" in r.stderr
+    r = run_cli("sieve", "list", "nobody.here", config=smtp.config)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
