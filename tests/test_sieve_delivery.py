@@ -15,7 +15,8 @@ from datetime import date, timedelta
 
 import pytest
 
-from tests.conftest import need
+from tests.conftest import free_port, need
+from tests.managesieve_server import ManageSieveServer
 from tests.smtp_server import DOMAIN, make_server
 
 RECTORAT = "circulaires@region-academique-normandie.fr"
@@ -36,12 +37,17 @@ if address :is "from" "principal.lycee@{DOMAIN}" {{
 def home(tmp_path_factory):
     smtp = make_server(tmp_path_factory.mktemp("sieve"))
     imap = smtp.imap_beside()
+    sieve_port = free_port()
+    smtp.config.write_text(smtp.config.read_text().replace("port = 14190", f"port = {sieve_port}"))
+    smtp.managesieve = ManageSieveServer(smtp.home, sieve_port)
     smtp.start()
     imap.start()
+    smtp.managesieve.start()
     smtp.teacher = smtp.add_user("Camille", "Enseignante")
     smtp.principal = smtp.add_user("Principal", "Lycee")
     assert smtp.principal == "principal.lycee"
     yield smtp, imap
+    smtp.managesieve.stop()
     imap.stop()
     smtp.stop()
 
@@ -197,3 +203,28 @@ def test_cli_errors_are_one_line(home, tmp_path):
     assert r.returncode == 1 and "--from '2026-13-01': expected a date" in r.stderr
     r = run_cli("sieve", "list", "nobody.here", config=smtp.config)
     assert r.returncode == 1 and r.stderr.count("\n") == 1
+
+
+def test_a_script_uploaded_over_managesieve_sorts_mail(home, monkeypatch):
+    """The whole path: sievelib uploads and activates over ManageSieve (4190,
+    STARTTLS), swaks sends through the MX, imapclient finds the result."""
+    from sievelib.managesieve import Client
+
+    smtp, imap = home
+    login = smtp.add_user("Sylvie", "Televersement")
+    imap.users[login] = smtp.users[login]
+    monkeypatch.setenv("SSL_CERT_FILE", str(smtp.cafile))  # sievelib trusts the default store only
+    c = Client("localhost", smtp.managesieve.port)
+    assert c.connect(login, smtp.users[login], starttls=True)
+    assert c.putscript("academie", RULES) and c.setactive("academie")
+    c.logout()
+    assert (smtp.home / "mail" / DOMAIN / login / ".dovecot.sieve").resolve().name == "academie.sieve"
+    r = swaks("--server", f"127.0.0.1:{smtp.mx_port}", "--from", RECTORAT, "--to", f"{login}@{DOMAIN}",
+              "--header", f"From: {RECTORAT}", "--header", "Subject: Circulaire n°3 (examens)")
+    assert r.returncode == 0, r.stdout + r.stderr
+    client = imap_client(imap, login)
+    try:
+        client.select_folder("Institution")
+        assert len(client.search(["SUBJECT", "examens"])) == 1
+    finally:
+        client.logout()
