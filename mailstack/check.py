@@ -482,7 +482,7 @@ def endpoints(cfg: Config) -> list[Endpoint]:
             out.append(Endpoint("https" if implicit else "http", "http", h.address, h.port, implicit))
     metrics = getattr(cfg, "metrics", None)
     if metrics is not None and getattr(metrics, "enabled", True):
-        for daemon in ("imap", "smtp"):
+        for daemon in ("imap", "smtp", "managesieve"):
             port = getattr(metrics, f"{daemon}_port", 0)
             if port and getattr(cfg, daemon).enabled:
                 out.append(Endpoint(f"{daemon} metrics", "metrics", metrics.address, port, False))

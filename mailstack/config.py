@@ -220,6 +220,7 @@ class MetricsConfig:
     address: str = opt("127.0.0.1", _ip_address, "keep it on loopback (or a management network)")
     imap_port: int = opt(9425, _between(0, 65535), "port of mailstack imapd's /metrics; 0 = none")
     smtp_port: int = opt(9426, _between(0, 65535), "port of mailstack smtpd's /metrics; 0 = none")
+    managesieve_port: int = opt(9427, _between(0, 65535), "port of mailstack managesieved's /metrics; 0 = none")
 
 
 def _ip_list(v: list[str]) -> str | None:

@@ -36,6 +36,7 @@ class Ports:
     managesieve: int = 4190  # Sieve filters (mailstack managesieved)
     imap_metrics: int = 9425  # Prometheus endpoints, always on loopback
     smtp_metrics: int = 9426
+    managesieve_metrics: int = 9427
 
     def shifted(self, offset: int) -> Ports:
         return Ports(*(getattr(self, f.name) + offset for f in fields(self)))
@@ -100,6 +101,7 @@ tls = "starttls"
 address = "127.0.0.1"
 imap_port = {ports.imap_metrics}
 smtp_port = {ports.smtp_metrics}
+managesieve_port = {ports.managesieve_metrics}
 
 [storage]
 mail_root = "mail"

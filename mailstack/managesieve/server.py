@@ -318,11 +318,12 @@ async def _serve(cfg: Config, socks) -> int:
 
 def run(cfg: Config) -> int:
     """Listen on every [[managesieve.listeners]] and serve until SIGTERM/SIGINT."""
-    from ..daemon import bind_listeners, supervise
+    from ..daemon import bind_listeners, start_metrics, supervise
 
     Directory(cfg).check_schema()
     server_context(cfg.tls)  # fail now, with one clear line (TlsError), on a bad certificate
     socks = bind_listeners(cfg.managesieve.listeners)
     if socks is None:
         return 1
+    start_metrics(cfg, "managesieved", cfg.metrics.managesieve_port)
     return supervise(cfg.managesieve.workers, lambda: _worker(cfg, socks))
