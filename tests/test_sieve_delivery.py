@@ -228,3 +228,24 @@ def test_a_script_uploaded_over_managesieve_sorts_mail(home, monkeypatch):
         assert len(client.search(["SUBJECT", "examens"])) == 1
     finally:
         client.logout()
+
+
+def test_a_list_member_never_gets_a_second_copy_on_retry(home, tmp_path):
+    """A queued copy for a list (here a Sieve redirect): the member that got
+    it keeps one copy when another member's failure makes the queue retry."""
+    smtp, _ = home
+    first, second = smtp.add_user("Membre", "Un"), smtp.add_user("Membre", "Deux")
+    redirector = smtp.add_user("Vers", "Liste")
+    smtp.cli("alias", "add", f"equipe@{DOMAIN}", f"{first}@{DOMAIN}", f"{second}@{DOMAIN}")
+    smtp.cli("user", "quota", second, "--bytes", "100")  # too small: this member's delivery fails for now
+    (tmp_path / "l.sieve").write_text(f'redirect "equipe@{DOMAIN}";\n')
+    smtp.cli("sieve", "put", redirector, str(tmp_path / "l.sieve"), "--activate")
+    with smtp.mx() as s:
+        s.sendmail("x@example.org", [f"{redirector}@{DOMAIN}"], b"Subject: pour l'equipe\r\n\r\n" + b"x" * 500 + b"\r\n")
+    wait(lambda: smtp.messages(first), "the first member's copy")
+    wait(lambda: "Mailbox full" in smtp.log_path.read_text(), "the second member over quota")
+    smtp.cli("user", "quota", second, "--default")
+    smtp.cli("queue", "flush")
+    wait(lambda: smtp.messages(second), "the second member's copy after the retry")
+    time.sleep(1)
+    assert len(smtp.messages(first)) == 1 and len(smtp.messages(second)) == 1

@@ -44,6 +44,7 @@ class Recipient:
     reason: str = ""  # the last reply or error, for the operator and the bounce
     remote_mta: str = ""  # host that gave that reply
     notified: bool = False  # a failure the sender was told of
+    accounts_done: list[str] = field(default_factory=list)  # a local list: members that have their copy
 
 
 @dataclass

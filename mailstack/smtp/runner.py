@@ -228,38 +228,52 @@ class QueueRunner:
     # -- blocking parts (thread pool) ------------------------------------------------
 
     def _deliver_local(self, entry: Entry) -> None:
-        """Each delivered recipient is saved before the next one is tried: a
-        failure part-way never puts a second copy in a mailbox."""
+        """Each delivered recipient, and each member of a list, is saved
+        before the next one is tried: a failure part-way never puts a second
+        copy in a mailbox."""
         path = self.queue.message_path(entry.id)
         for r in entry.pending:
             if not r.local:
                 continue
             try:
                 reached = self.server.directory.expand_local(r.address)
-                if reached is None or not reached[0]:
-                    self._apply(entry, r, Outcome("failed", "550 5.1.1 Recipient address unknown"))
-                    self.queue.save(entry)
-                    continue
-                refusal = None
-                for info in reached[0]:
-                    result, spawned = self.server.delivery.deliver_file(info, path, entry, r.address)
-                    for new_id in spawned:
-                        self.submit(new_id)
-                    if result != "stored":
-                        refusal = result  # a Sieve reject: bounced like a remote 5xx
-                if refusal is not None:
-                    self._apply(entry, r, Outcome("failed", refusal))
-                    self.queue.save(entry)
-                    continue
-            except OverQuota:
-                self._apply(entry, r, Outcome("pending", "452 4.2.2 Mailbox full"))
-                continue
-            except Exception as e:  # noqa: BLE001 (database down, disk error: try again later)
+            except Exception as e:  # noqa: BLE001 (database down: try again later)
                 log.error("queue id=%s local delivery to=<%s> failed: %r", entry.id, r.address[:200], e)
                 self._apply(entry, r, Outcome("pending", "451 4.3.0 Local delivery failed; will retry"))
                 continue
-            self._apply(entry, r, Outcome("delivered", "250 2.0.0 Delivered to the mailbox"))
-            self.queue.save(entry)
+            if reached is None or not reached[0]:
+                self._apply(entry, r, Outcome("failed", "550 5.1.1 Recipient address unknown"))
+                self.queue.save(entry)
+                continue
+            members = reached[0]
+            refusal = trouble = None
+            for info in members:
+                if info.login in r.accounts_done:  # stored by an earlier attempt
+                    continue
+                try:
+                    result, spawned = self.server.delivery.deliver_file(info, path, entry, r.address)
+                except OverQuota:
+                    trouble = trouble or Outcome("pending", "452 4.2.2 Mailbox full")
+                    continue
+                except Exception as e:  # noqa: BLE001 (disk error: try again later)
+                    log.error("queue id=%s local delivery to=<%s> failed: %r", entry.id, info.address[:200], e)
+                    trouble = Outcome("pending", "451 4.3.0 Local delivery failed; will retry")
+                    continue
+                for new_id in spawned:
+                    self.submit(new_id)
+                if result != "stored":
+                    refusal = result  # a Sieve reject: bounced like a remote 5xx
+                if len(members) > 1:  # a list: this member is done, whatever the others do
+                    r.accounts_done.append(info.login)
+                    self.queue.save(entry)
+            if trouble is not None:
+                self._apply(entry, r, trouble)
+            elif refusal is not None:
+                self._apply(entry, r, Outcome("failed", refusal))
+                self.queue.save(entry)
+            else:
+                self._apply(entry, r, Outcome("delivered", "250 2.0.0 Delivered to the mailbox"))
+                self.queue.save(entry)
 
     def _finish(self, entry: Entry) -> float | None:
         """Bounces, warning, next attempt; None when the entry is done and removed."""
