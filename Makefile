@@ -25,7 +25,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/store.py
 	$(PY) bench/imap.py
 	$(PY) bench/smtp.py
-	$(PY) bench/queue.py
+	$(PY) bench/outbound.py
 	$(PY) bench/filters.py
 	$(PY) bench/sieve.py
 

@@ -1,7 +1,7 @@
 """Outbound queue benchmark: how fast ``mailstack smtpd`` empties its queue
 into remote MX hosts, and what a big deferred queue costs.
 
-Run: .venv/bin/python bench/queue.py   (as root: Postfix's smtp-sink drops to nobody)
+Run: .venv/bin/python bench/outbound.py   (as root: Postfix's smtp-sink drops to nobody)
 Conditions printed with the figures.  The remote side is Postfix's
 ``smtp-sink`` (C, no TLS, no disk) on 127.0.0.1; ten destination domains
 d0.test .. d9.test each have an MX record pointing there, served by the
@@ -118,7 +118,7 @@ def main() -> None:
     args = ap.parse_args()
     sink_bin = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
     if not Path(sink_bin).exists():
-        sys.exit("bench/queue.py needs Postfix's smtp-sink (Debian package postfix)")
+        sys.exit("bench/outbound.py needs Postfix's smtp-sink (Debian package postfix)")
     print(f"machine: {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}")
     print(f"conditions: smtpd workers={args.workers}, queue.concurrency=50, queue.per_destination=10, "
           "plain SMTP to Postfix smtp-sink on 127.0.0.1, 10 destination domains")
