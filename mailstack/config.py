@@ -213,6 +213,15 @@ class SieveConfig:
 
 
 @dataclass(frozen=True)
+class SrsConfig:
+    """Sender Rewriting Scheme for mail we forward to other domains."""
+
+    enabled: bool = opt(True, doc="rewrite the envelope sender of forwarded mail (aliases to outside, Sieve redirects)")
+    domain: str = opt("", lambda v: None if not v else domain_name_problem(v), "domain of the SRS addresses; empty = the first of server.domains")
+    days: int = opt(21, _between(1, 365), "days a bounce to an SRS address is accepted")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """Prometheus endpoints, one per daemon, served by its supervising process."""
 
@@ -366,6 +375,7 @@ class Config:
     managesieve: ManageSieveConfig = opt(ManageSieveConfig())
     metrics: MetricsConfig = opt(MetricsConfig())
     sieve: SieveConfig = opt(SieveConfig())
+    srs: SrsConfig = opt(SrsConfig())
     filters: list[FilterConfig] = opt([])
     path: Path | None = None
 
@@ -520,7 +530,7 @@ RESTART_ONLY: tuple[str, ...] = (
     "server.hostname", "server.domains", "server.proxy_trusted",
     "imap.enabled", "imap.workers", "imap.listeners",
     "smtp.enabled", "smtp.workers", "smtp.listeners", "smtp.max_transfers",
-    "http", "metrics", "storage", "database",
+    "http", "metrics", "srs", "storage", "database",
     "managesieve.enabled", "managesieve.workers", "managesieve.listeners",
     "tls.min_version", "tls.ciphers", "auth.secret_file", "auth.argon2",
     "queue.concurrency", "queue.per_destination",

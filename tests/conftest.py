@@ -23,6 +23,7 @@ from mailstack import config as config_mod
 from mailstack.accounts import db
 from mailstack.accounts.directory import Directory, write_secret
 from tests.dns_server import dns_server  # noqa: F401
+from tests.outbound_world import world  # noqa: F401
 from tests.smtp_sink import smtp_sink  # noqa: F401
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -15,7 +15,8 @@ import pytest
 
 from mailstack.mailauth.keys import keygen
 from tests.smtp_server import DOMAIN, make_server
-from tests.test_queue import queue_toml, send
+from tests.outbound_world import queue_toml
+from tests.test_queue import send
 
 REMOTE = "remote.test"
 

@@ -79,6 +79,19 @@ class Policy:
                 return "501 5.1.3 Recipient address needs a domain"
             address = f"postmaster@{self.cfg.default_domain}"
         domain = address.rpartition("@")[2].lower()
+        srs = self.server.srs
+        if srs is not None and srs.is_srs(address):  # a bounce of mail we forwarded
+            original = srs.reverse(address) if envelope.mail_from == "<>" else None
+            if original is None:
+                log.warning("session=%s client=%s SRS address refused to=%s", smtp.id, smtp.client_ip, address[:200])
+                return "550 5.1.1 Recipient address unknown"
+            if original.rpartition("@")[2].lower() not in self.cfg.server.domains:
+                if original.lower() not in (r.lower() for r in envelope.remote):  # the one relay the MX makes
+                    envelope.remote.append(original)
+                envelope.rcpt_tos.append(address)
+                envelope.rcpt_options.extend(options)
+                return "250 2.1.5 Recipient OK"
+            address, domain = original, original.rpartition("@")[2].lower()
         if domain not in self.cfg.server.domains:
             if not self.submission:
                 log.warning("session=%s client=%s relay refused to=%s", smtp.id, smtp.client_ip, address[:200])

@@ -199,8 +199,10 @@ class QueueRunner:
         try:
             async with sem, self._connections:
                 start = time.monotonic()
+                srs = self.server.srs
                 outcomes = await self.outbound.deliver(
-                    domain, entry.sender, list(by_address), self.queue.message_path(entry.id),
+                    domain, srs.forward(entry.sender) if srs else entry.sender, list(by_address),
+                    self.queue.message_path(entry.id),
                     body8=entry.body == "8BITMIME", smtputf8=entry.smtputf8, record=record,
                 )
                 statuses = {o.status for o in outcomes.values()}

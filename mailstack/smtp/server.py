@@ -33,6 +33,7 @@ from .quarantine import Quarantine
 from .queue import Queue
 from .runner import QueueRunner
 from .spool import clear_incoming
+from .srs import Rewriter
 
 log = logging.getLogger("mailstack.smtp")
 T = TypeVar("T")
@@ -71,6 +72,7 @@ class Server:
         self.runner: QueueRunner | None = None  # set once the loop runs (_serve)
         self.filters = Pipeline(load_filters(cfg))
         self.quarantine = Quarantine(cfg.storage.spool)
+        self.srs = Rewriter(cfg) if cfg.srs.enabled else None  # restart-only, like the secret it uses
         self.policies: list[Policy] = []
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
