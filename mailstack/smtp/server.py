@@ -284,6 +284,8 @@ def run(cfg: Config) -> int:
     Directory(cfg).check_schema()
     server_context(cfg.tls)  # fail now, with one clear line (TlsError), on a bad certificate
     load_filters(cfg)  # and on a filter that cannot be set up (FilterError)
+    if cfg.srs.enabled:
+        Rewriter(cfg)  # and on a secret key SRS cannot read (DirectoryError)
     prepare_spool(cfg)
     socks = bind_listeners(cfg.smtp.listeners)
     if socks is None:
