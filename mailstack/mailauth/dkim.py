@@ -288,6 +288,14 @@ def field_name(field: bytes) -> bytes:
     return name.rstrip(b" \t").lower() if colon and b"\n" not in name else b""
 
 
+def field_values(head: bytes, name: bytes) -> list[str]:
+    """The unfolded values of every ``name`` field (lowercase) of a header block."""
+    return [
+        f.partition(b":")[2].replace(b"\r", b"").replace(b"\n", b"").decode("utf-8", "replace").strip()
+        for f in split_fields(head) if field_name(f) == name
+    ]
+
+
 # --- signing --------------------------------------------------------------------------
 
 

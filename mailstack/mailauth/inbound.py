@@ -33,7 +33,7 @@ import dns.name
 import dns.resolver
 import spf as pyspf
 
-from .dkim import DkimResult, field_name, read_header_block, split_fields, verify_parts
+from .dkim import DkimResult, field_name, field_values, read_header_block, split_fields, verify_parts
 
 # --- organizational domains (RFC 7489 3.2) -----------------------------------------------
 
@@ -193,11 +193,7 @@ def _discover(from_domain: str) -> tuple[dict[str, str] | None, bool]:
 
 def _from_domains(headers: bytes) -> list[str]:
     """The author domains (RFC 5322.From); _PermError when there is none usable."""
-    values = []
-    for f in split_fields(headers):
-        if field_name(f) == b"from":
-            raw = f.partition(b":")[2].replace(b"\r", b"").replace(b"\n", b"")
-            values.append(raw.decode("utf-8", "replace").strip())
+    values = field_values(headers, b"from")
     if not values:
         raise _PermError("no From header")
     domains = []

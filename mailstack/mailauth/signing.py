@@ -23,17 +23,16 @@ def from_address(f: BinaryIO) -> str | None:
     than one (RFC 7489 6.6.1: no single author), or the header block is
     over the limit the signer reads: the signer and this check must see the
     same fields, or a second From: could hide behind the first."""
-    from .dkim import field_name, read_header_block, split_fields
+    from .dkim import field_values, read_header_block
 
     try:
         head = read_header_block(f)
     except ValueError:
         return None
-    values = [fld.partition(b":")[2] for fld in split_fields(head) if field_name(fld) == b"from"]
+    values = field_values(head, b"from")
     if len(values) != 1:
         return None
-    text = values[0].replace(b"\r", b"").replace(b"\n", b"").decode("utf-8", "replace")
-    addresses = [a for _, a in getaddresses([text]) if "@" in a]
+    addresses = [a for _, a in getaddresses(values) if "@" in a]
     if len(addresses) != 1:
         return None
     return addresses[0].strip()
