@@ -458,8 +458,7 @@ class Endpoint:
 
 
 def endpoints(cfg: Config) -> list[Endpoint]:
-    """Every listener of the enabled daemons; [http] and [metrics] too, when this
-    mailstack has them (read with getattr: they belong to other parts of issue 8)."""
+    """Every listener of the enabled daemons, and their metrics endpoints."""
     out = []
     if cfg.imap.enabled:
         for lst in cfg.imap.listeners:
@@ -470,22 +469,19 @@ def endpoints(cfg: Config) -> list[Endpoint]:
             implicit = s.tls == "implicit"
             service = "mx" if s.kind == "mx" else ("submissions" if implicit else "submission")
             out.append(Endpoint(service, "smtp", s.address, s.port, implicit, s.proxy))
-    managesieve = getattr(cfg, "managesieve", None)
-    if managesieve is not None and managesieve.enabled:
-        for m in managesieve.listeners:
+    if cfg.managesieve.enabled:
+        for m in cfg.managesieve.listeners:
             implicit = m.tls == "implicit"
             out.append(Endpoint("managesieve", "managesieve", m.address, m.port, implicit, m.proxy))
-    http = getattr(cfg, "http", None)
-    if http is not None and getattr(http, "enabled", True):
-        for h in getattr(http, "listeners", ()):
-            implicit = getattr(h, "tls", "implicit") == "implicit"
+    if cfg.http.enabled:
+        for h in cfg.http.listeners:
+            implicit = h.tls == "implicit"
             out.append(Endpoint("https" if implicit else "http", "http", h.address, h.port, implicit))
-    metrics = getattr(cfg, "metrics", None)
-    if metrics is not None and getattr(metrics, "enabled", True):
-        for daemon in ("imap", "smtp", "managesieve"):
-            port = getattr(metrics, f"{daemon}_port", 0)
+    if cfg.metrics.enabled:
+        ports = {"imap": cfg.metrics.imap_port, "smtp": cfg.metrics.smtp_port, "managesieve": cfg.metrics.managesieve_port}
+        for daemon, port in ports.items():
             if port and getattr(cfg, daemon).enabled:
-                out.append(Endpoint(f"{daemon} metrics", "metrics", metrics.address, port, False))
+                out.append(Endpoint(f"{daemon} metrics", "metrics", cfg.metrics.address, port, False))
     return out
 
 

@@ -210,6 +210,7 @@ class SieveConfig:
     max_redirects: int = opt(5, _between(0, 100), "redirect actions one script may take per message")
     vacation_min_period: int = opt(86400, _between(60, 365 * 86400), "shortest time between two vacation replies to one sender")
     vacation_max_period: int = opt(90 * 86400, _between(60, 3650 * 86400), "longest such time (larger :days are cut to it)")
+    global_dir: Path = opt(Path("/var/lib/mailstack/sieve-global"), doc="the site's scripts for 'include :global' (NAME.sieve), read-only to users")
 
 
 @dataclass(frozen=True)
@@ -543,8 +544,6 @@ def keep_restart_only(running: Config, new: Config) -> tuple[Config, list[str]]:
     waiting = []
     for key in RESTART_ONLY:
         section, _, name = key.partition(".")
-        if not hasattr(running, section):
-            continue
         old_sec, new_sec = getattr(running, section), getattr(new, section)
         if not name:
             if old_sec != new_sec:

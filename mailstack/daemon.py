@@ -10,6 +10,7 @@ account maintenance (inactivity rule, purge of old failure counters).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
@@ -101,6 +102,31 @@ def reload_config(running: Config) -> Config | None:
     logging.getLogger().setLevel(new.server.log_level.upper())
     log.info("reload: configuration %s loaded", running.path)
     return new
+
+
+def reload_daemon(running: Config, apply: Callable[[Config], None], reload_tls: Callable[[Config], None]) -> Config:
+    """SIGHUP in every daemon: the configuration (``apply`` gets it when it
+    loaded), then the certificate, even when the first step failed.  Returns
+    the configuration now in force."""
+    cfg = running
+    try:
+        new = reload_config(running)
+        if new is not None:
+            apply(new)
+            cfg = new
+    except Exception:  # noqa: BLE001 (a resolver, a filter's own setup...): the running configuration stays
+        log.exception("reload failed; the running configuration stays")
+    finally:
+        reload_tls(cfg)
+    return cfg
+
+
+_SESSIONS = itertools.count(1)
+
+
+def session_id(prefix: str) -> str:
+    """The ID every log line of a connection carries: prefix, process, counter."""
+    return f"{prefix}{os.getpid()}-{next(_SESSIONS)}"
 
 
 @dataclass(frozen=True)

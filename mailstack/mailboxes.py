@@ -53,4 +53,4 @@ def scripts_for(cfg: Config, info: AccountInfo):
 
     domain = info.address.rsplit("@", 1)[1]
     limits = Limits(max_script_size=cfg.sieve.max_script_size, max_redirects=cfg.sieve.max_redirects)
-    return ScriptStore(cfg.storage.mail_root / domain / info.login, cfg.sieve.max_scripts, limits)
+    return ScriptStore(cfg.storage.mail_root / domain / info.login, cfg.sieve.max_scripts, limits, cfg.sieve.global_dir)

@@ -105,10 +105,11 @@ def _sieve(args: argparse.Namespace, cfg: Config) -> int:
         sys.stdout.write(store.get(args.name))
         return 0
     if action == "put":
-        store.put(args.name or Path(args.file).stem, args.text)
+        name = args.name or Path(args.file).stem
+        store.put(name, args.text)
         if args.activate:
-            store.activate(args.name or Path(args.file).stem)
-        print(f"stored {args.name or Path(args.file).stem}{' (active)' if args.activate else ''}")
+            store.activate(name)
+        print(f"stored {name}{' (active)' if args.activate else ''}")
         return 0
     if action == "activate":
         store.activate(args.name)
@@ -130,7 +131,7 @@ def run_vacation_command(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _vacation(args: argparse.Namespace, cfg: Config) -> int:
-    from .sieve.vacation import BEGIN, rule, with_rule, without_rule
+    from .sieve.vacation import BEGIN, END, rule, with_rule, without_rule
 
     message = _read(args.message_file).strip() if args.vacation_command == "set" else ""
     store = _store(cfg, args.login)
@@ -141,7 +142,7 @@ def _vacation(args: argparse.Namespace, cfg: Config) -> int:
             print("no vacation reply")
         else:
             print(f"in script {active}:")
-            print(current[current.index(BEGIN):].split("\n# mailstack vacation: end", 1)[0])
+            print(current[current.index(BEGIN):].split("\n" + END, 1)[0])
         return 0
     if args.vacation_command == "off":
         if BEGIN not in current:

@@ -17,8 +17,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from zope.interface import implementer
 
 from .config import TlsConfig
 from .files import write_atomic
@@ -153,27 +151,3 @@ class OpenSSLServerContext:
 
     def getContext(self):  # noqa: N802 (Twisted's name)
         return self._ctx
-
-
-@implementer(IOpenSSLServerConnectionCreator)
-class TlsCreator:
-    """Our pyOpenSSL context in the form Twisted's TLS wants, swappable on SIGHUP
-    (imapd, httpd)."""
-
-    def __init__(self, context: OpenSSLServerContext):
-        self.context = context
-
-    def serverConnectionForTLS(self, tls_protocol):  # noqa: N802
-        from OpenSSL import SSL
-
-        return SSL.Connection(self.context.getContext(), None)
-
-    def reload(self, cfg: TlsConfig) -> None:
-        """SIGHUP: new connections get the certificate on disk now; open ones
-        keep theirs.  A certificate that does not load leaves the old one."""
-        try:
-            self.context = OpenSSLServerContext(cfg)
-        except TlsError as e:
-            log.error("reload: %s; keeping the old certificate", e)
-            return
-        log.info("reload: certificate %s loaded", cfg.certificate)

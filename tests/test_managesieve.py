@@ -361,6 +361,30 @@ def test_sievelib_every_command(server: ManageSieveServer, monkeypatch) -> None:
     assert re.search(rf"session=m\d+-\d+ renamescript user={login} name='tri' new='principal'", log)
 
 
+def test_includes_of_scripts_not_yet_uploaded_are_accepted(server: ManageSieveServer, monkeypatch) -> None:
+    """RFC 6609 §3.2: a missing included script is a matter for delivery, not
+    for PUTSCRIPT/CHECKSCRIPT; a script the active one includes may be deleted."""
+    try:
+        from sievelib.managesieve import Client
+    except ImportError:
+        need(False, "sievelib (pip install sievelib)")
+    monkeypatch.setenv("SSL_CERT_FILE", str(server.cafile))
+    login = server.add_user("Ines", "Inclusion")
+    c = Client("localhost", server.port)
+    assert c.connect(login, PASSWORD, starttls=True)
+    assert "include" in c.get_sieve_capabilities()
+    main = 'require "include";\ninclude :personal "classes";\ninclude :global :optional "site";\n'
+    assert c.checkscript(main)
+    assert c.putscript("main", main) and c.setactive("main")
+    assert c.listscripts() == ("main", [])
+    assert c.putscript("classes", 'require "fileinto";\nfileinto "Classes";\n')
+    assert c.deletescript("classes") and c.listscripts() == ("main", [])
+    assert not c.putscript("bad", 'require "include";\ninclude "../../etc/passwd";\n')
+    assert c.errmsg.startswith(b'line 2, column 9: bad script name "../../etc/passwd"'), c.errmsg
+    assert not c.checkscript('include "classes";\n') and b'missing require "include"' in c.errmsg, c.errmsg
+    c.logout()
+
+
 def test_sieve_connect_upload_list_activate_download_delete(server: ManageSieveServer, tmp_path: Path) -> None:
     need(shutil.which("sieve-connect") is not None, "sieve-connect (Debian package sieve-connect)")
     login = server.add_user("Paul", "Connecte")

@@ -35,7 +35,8 @@ if address :is "from" "principal.lycee@{DOMAIN}" {{
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    smtp = make_server(tmp_path_factory.mktemp("sieve"))
+    # global_dir relative to the config's directory: HOME/sieve-global (include :global)
+    smtp = make_server(tmp_path_factory.mktemp("sieve"), extra='\n[sieve]\nglobal_dir = "sieve-global"\n')
     imap = smtp.imap_beside()
     sieve_port = free_port()
     smtp.config.write_text(smtp.config.read_text().replace("port = 14190", f"port = {sieve_port}"))
@@ -249,3 +250,48 @@ def test_a_list_member_never_gets_a_second_copy_on_retry(home, tmp_path):
     wait(lambda: smtp.messages(second), "the second member's copy after the retry")
     time.sleep(1)
     assert len(smtp.messages(first)) == 1 and len(smtp.messages(second)) == 1
+
+
+def test_includes_of_personal_and_global_scripts(home, tmp_path):
+    """RFC 6609 at delivery: the active script includes a site script from
+    [sieve] global_dir (which sets a global variable) and a personal one
+    (stored after it, which files by that variable).  A missing include keeps
+    the message in INBOX and says why."""
+    smtp, imap = home
+    login = smtp.add_user("Ines", "Professeure")
+    imap.users[login] = smtp.users[login]
+    site = smtp.home / "sieve-global"
+    site.mkdir(exist_ok=True)
+    (site / "dossiers.sieve").write_text('require ["include", "variables"];\nglobal "prefixe";\nset "prefixe" "Classe";\n')
+    (tmp_path / "main.sieve").write_text('require ["include"];\ninclude :global "dossiers";\ninclude "tri";\n')
+    # accepted although "tri" does not exist yet (RFC 6609 §3.2): missing includes are a delivery matter
+    assert "stored main (active)" in smtp.cli("sieve", "put", login, str(tmp_path / "main.sieve"), "--activate")
+
+    def send(subject: str) -> None:
+        with smtp.mx() as s:
+            s.sendmail("parent@example.org", [f"{login}@{DOMAIN}"],
+                       f"From: parent@example.org\r\nTo: {login}@{DOMAIN}\r\nSubject: {subject}\r\n\r\nx\r\n".encode())
+
+    send("[6eB] avant")
+    wait(lambda: any(b"Subject: [6eB] avant" in m for m in smtp.messages(login)), "kept in INBOX: tri is missing")
+    assert f'login={login} failed: line 3, column 1: include: no personal script named "tri"' in smtp.log_path.read_text()
+
+    (tmp_path / "tri.sieve").write_text('require ["include", "variables", "fileinto", "mailbox"];\nglobal "prefixe";\n'
+                                        'if header :matches "subject" "[*]*" {\n'
+                                        '    fileinto :create "${prefixe}-${1}";\n}\n')
+    smtp.cli("sieve", "put", login, str(tmp_path / "tri.sieve"))
+    send("[6eB] sortie au musée")
+    c = imap_client(imap, login)
+    try:
+        assert "Classe-6eB" in [f[2] for f in c.list_sub_folders()]
+        c.select_folder("Classe-6eB")
+        assert len(c.search(["SUBJECT", "sortie"])) == 1
+        c.select_folder("INBOX")
+        assert len(c.search()) == 1  # only the one from before
+    finally:
+        c.logout()
+
+    # a script the active one includes may be deleted; mail then stays in INBOX
+    smtp.cli("sieve", "delete", login, "tri")
+    send("[6eB] après")
+    wait(lambda: any(b"Subject: [6eB] apr" in m for m in smtp.messages(login)), "kept in INBOX once tri is gone")

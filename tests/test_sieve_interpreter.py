@@ -447,3 +447,171 @@ if anyof (address :all :contains ["from", "to", "cc"] "a", header :regex "subjec
     for _ in range(500):
         data = rng.choice(prefixes) + bytes(rng.randrange(256) for _ in range(rng.randint(0, 300)))
         assert run(script, Message.from_bytes(data, envelope_from="", envelope_to=ME)) == [Keep()]
+
+
+# -- include (RFC 6609) ------------------------------------------------------------------------
+
+INC = 'require ["include", "variables", "fileinto", "imap4flags", "copy"];\n'
+
+
+class Library:
+    """The loader delivery gives run(): compiled scripts by location and name,
+    and a record of what was asked (the interpreter reads no files)."""
+
+    def __init__(self, personal: dict[str, str] | None = None, global_: dict[str, str] | None = None) -> None:
+        self.scripts = {("personal", n): t for n, t in (personal or {}).items()}
+        self.scripts.update({("global", n): t for n, t in (global_ or {}).items()})
+        self.asked: list[tuple[str, str]] = []
+
+    def __call__(self, location: str, name: str) -> Any:
+        self.asked.append((location, name))
+        text = self.scripts.get((location, name))
+        return None if text is None else compile_script(text)
+
+
+def included(script: str, library: Library, limits: Limits = Limits(), name: str | None = "main",
+             data: bytes | None = None) -> list[Any]:
+    return run(compile_script(script), view(data if data is not None else mail()), now=SCHOOL_DAY,
+               limits=limits, loader=library, name=name)
+
+
+def test_personal_and_global_scripts_add_to_one_result() -> None:
+    lib = Library(personal={"listes": INC + 'if header :contains "subject" "Bonjour" { fileinto "Listes"; }'},
+                  global_={"spam": INC + 'addflag "$Junk"; fileinto :copy "Copies";'})
+    assert included(INC + 'include :global "spam";\ninclude "listes";', lib) == [
+        FileInto("Copies", ("$Junk",), copy=True), FileInto("Listes", ("$Junk",))]
+    assert lib.asked == [("global", "spam"), ("personal", "listes")]
+    # :personal is the default, and the two locations are two namespaces of names
+    lib = Library(personal={"x": INC + 'fileinto "perso";'}, global_={"x": INC + 'fileinto "site";'})
+    assert included(INC + 'include :personal "x"; include :global "x";', lib) == [FileInto("perso"), FileInto("site")]
+
+
+def test_the_implicit_keep_is_the_whole_runs() -> None:
+    """An included fileinto cancels the includer's implicit keep; an included
+    keep-less script leaves it."""
+    lib = Library(personal={"file": INC + 'fileinto "Archives";', "nothing": INC + 'if false { discard; }'})
+    assert included(INC + 'include "file";', lib) == [FileInto("Archives")]
+    assert included(INC + 'include "nothing";', lib) == [Keep()]
+    # actions conflict across scripts as within one
+    lib = Library(personal={"refuse": 'require "reject"; reject "non";'})
+    with pytest.raises(SieveRuntimeError, match="reject cannot be combined with fileinto"):
+        included(INC + 'fileinto "A"; include "refuse";', lib)
+
+
+def test_once_optional_and_missing_scripts() -> None:
+    lib = Library(personal={"lib": INC + 'fileinto :copy "Lib";', "a": INC + 'include :once "lib";',
+                            "b": INC + 'include :once "lib";'})
+    assert included(INC + 'include "a"; include "b";', lib) == [FileInto("Lib", copy=True), Keep()]
+    assert lib.asked.count(("personal", "lib")) == 1
+    # without :once a script may run twice (its actions merge as usual)
+    lib.asked.clear()
+    assert included(INC + 'include "lib"; include "lib"; include :once "lib";', lib) == [
+        FileInto("Lib", copy=True), Keep()]
+    assert lib.asked.count(("personal", "lib")) == 2
+    # :optional: a missing script is skipped; without it, the run fails at the include
+    assert included(INC + 'include :optional "absent"; fileinto "After";', lib) == [FileInto("After")]
+    with pytest.raises(SieveRuntimeError) as e:
+        included(INC + 'keep;\ninclude :global "absent";', lib)
+    assert (e.value.message, e.value.line, e.value.col) == ('include: no global script named "absent"', 3, 1)
+    with pytest.raises(SieveRuntimeError, match='no personal script named "x"'):   # no loader: nothing exists
+        run(compile_script(INC + 'include "x";'), view(mail()))
+
+
+def test_errors_inside_an_included_script_name_it() -> None:
+    lib = Library(personal={"outer": INC + 'include "inner";',
+                            "inner": INC + 'keep;\nset "to" "nobody"; redirect "${to}";',
+                            "broken": INC + 'frob;'})
+    with pytest.raises(SieveRuntimeError) as e:
+        included(INC + '\ninclude "outer";', lib)
+    assert e.value.line == 3
+    assert e.value.message == ('in personal script "outer": line 2, column 1: in personal script "inner": '
+                               'line 3, column 20: redirect: invalid address "nobody"')
+
+    def failing(location: str, name: str) -> Any:
+        if name == "unreadable":
+            raise PermissionError("denied")
+        return compile_script(lib.scripts[(location, name)])
+    with pytest.raises(SieveRuntimeError, match=r'personal script "broken" does not compile: line 2, column 1'):
+        run(compile_script(INC + 'include "broken";'), view(mail()), loader=failing)
+    with pytest.raises(SieveRuntimeError, match=r'personal script "unreadable" cannot be read: denied'):
+        run(compile_script(INC + 'include "unreadable";'), view(mail()), loader=failing)
+
+
+def test_recursion_is_an_error() -> None:
+    lib = Library(personal={"main": INC + 'include "main";', "a": INC + 'include "b";', "b": INC + 'include "a";',
+                            "self": INC + 'include "self";'})
+    with pytest.raises(SieveRuntimeError, match='personal script "a" would include itself'):
+        included(INC + 'include "a";', lib)
+    with pytest.raises(SieveRuntimeError, match='personal script "self" would include itself'):
+        included(INC + 'include "self";', lib)
+    # the running script's own name, given by the caller, counts from the start
+    with pytest.raises(SieveRuntimeError, match='personal script "main" would include itself'):
+        included(INC + 'include "a2";', Library(personal={"a2": INC + 'include "main";'}))
+    # a global script of the same name is another script
+    lib = Library(global_={"main": INC + 'fileinto "G";'})
+    assert included(INC + 'include :global "main";', lib) == [FileInto("G")]
+    # :once on a script that is running is a skip, not an error (RFC 6609's library pattern)
+    lib = Library(personal={"a": INC + 'include :once "main"; fileinto "A";'})
+    assert included(INC + 'include "a";', lib) == [FileInto("A")]
+
+
+def test_return_ends_only_the_current_script_and_stop_ends_all() -> None:
+    lib = Library(personal={"early": INC + 'fileinto "One"; if true { return; } fileinto "Never";',
+                            "halt": INC + 'fileinto "Halt"; stop;'})
+    assert included(INC + 'include "early"; fileinto "Two";', lib) == [FileInto("One"), FileInto("Two")]
+    assert included(INC + 'include "halt"; fileinto "Never";', lib) == [FileInto("Halt")]
+    assert included(INC + 'fileinto "A"; return; fileinto "Never";', lib) == [FileInto("A")]
+    assert included(INC + 'return;', lib) == [Keep()]   # a return at the top keeps as stop does
+
+
+def test_global_variables_are_shared_and_others_are_not() -> None:
+    lib = Library(personal={
+        "setter": INC + 'global "dossier"; set "dossier" "Classes"; set "local" "secret";',
+        "reader": INC + 'global ["DOSSIER"]; fileinto "${dossier}/${local}";',
+        "undeclared": INC + 'fileinto "[${dossier}]";',
+        "clobber": INC + 'set "dossier" "mine"; global "dossier";',
+    })
+    # the main script sees the global once it declares it, and never the included script's own "local"
+    assert included(INC + 'include "setter"; global "dossier"; fileinto "${dossier}|${local}";', lib) == [
+        FileInto("Classes|")]
+    assert included(INC + 'include "setter"; include "reader";', lib) == [FileInto("Classes/")]
+    # a script that does not declare it has its own variable of that name
+    assert included(INC + 'include "setter"; include "undeclared";', lib) == [FileInto("[]")]
+    # an included script starts with none of the includer's variables, and its own go away after it
+    assert included(INC + 'set "local" "main"; include "reader"; fileinto "${local}";', lib) == [
+        FileInto("/"), FileInto("main")]
+    # a global set by the includer reaches the included script
+    assert included(INC + 'global "dossier"; set "dossier" "Main"; include "reader";', lib) == [FileInto("Main/")]
+    # RFC 6609 §3.3: declaring global a variable already set in this script is an error
+    with pytest.raises(SieveRuntimeError, match='global: "dossier" was already set in this script'):
+        included(INC + 'include "clobber";', lib)
+    # match variables are the script's own
+    lib = Library(personal={"m": INC + 'fileinto "in:${1}";'})
+    assert included(INC + 'if header :matches "subject" "*" { include "m"; fileinto "out:${1}"; }', lib) == [
+        FileInto("in:"), FileInto("out:Bonjour")]
+
+
+def test_variables_of_every_namespace_count_against_the_limit() -> None:
+    lib = Library(personal={"many": INC + 'global "g"; set "g" "1"; set "a" "1"; set "b" "1";'})
+    with pytest.raises(SieveRuntimeError, match=r"too many variables \(at most 4\)"):
+        included(INC + 'set "x" "1"; set "y" "1"; include "many";', lib, limits=Limits(max_variables=4))
+    # an included script's own variables go when it ends
+    assert included(INC + 'include "many"; include "many"; set "x" "1"; set "y" "1";', lib,
+                    limits=Limits(max_variables=4)) == [Keep()]
+
+
+def test_include_depth_and_count_limits() -> None:
+    chain = {f"s{i}": INC + f'include "s{i + 1}";' for i in range(6)}
+    chain["s6"] = INC + 'fileinto "Bottom";'
+    lib = Library(personal=chain)
+    assert included(INC + 'include "s2";', lib) == [FileInto("Bottom")]            # 5 levels: allowed
+    with pytest.raises(SieveRuntimeError, match=r"include: nested too deep \(at most 5 levels\)"):
+        included(INC + 'include "s1";', lib)
+    assert included(INC + 'include "s4";', lib, limits=Limits(max_include_depth=3)) == [FileInto("Bottom")]
+    lib = Library(personal={"lib": INC + 'addflag "x";'})
+    assert included(INC + 'include "lib";' * 10, lib) == [Keep(("x",))]
+    with pytest.raises(SieveRuntimeError, match=r"include: too many includes \(at most 10 per message\)") as e:
+        included(INC + 'include "lib";\n' * 11, lib)
+    assert e.value.line == 12
+    with pytest.raises(SieveRuntimeError, match=r"at most 2 per message"):
+        included(INC + 'include :optional "absent";' * 3, lib, limits=Limits(max_includes=2))

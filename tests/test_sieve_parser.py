@@ -244,3 +244,50 @@ def test_mutated_scripts_fail_only_with_sieve_error() -> None:
             compile_script("".join(chars))
         except SieveError as e:
             assert e.line >= 1 and e.col >= 1
+
+
+# -- include (RFC 6609) ------------------------------------------------------------------
+
+
+def test_include_return_and_global_compile() -> None:
+    script = compile_script('require ["include", "variables"];\n'
+                            'global ["Company", "x"];\n'
+                            'include :global :once "spam";\n'
+                            'include :optional "Listes de diffusion";\n'
+                            'if true { return; }\n'
+                            'include :personal :once :optional "x";\n')
+    inc = script.commands[1]
+    assert (inc.name, inc.args, dict(inc.tags)) == ("include", ("spam",), {"location": ("global", True), "once": True})
+    assert dict(script.commands[2].tags) == {"optional": True}
+    assert script.commands[0].args == (("Company", "x"),)
+    assert "include" in SUPPORTED_EXTENSIONS
+
+
+@pytest.mark.parametrize("script, where, message", [
+    ('include "x";', (1, 1), 'missing require "include" for \'include\''),
+    ('return;', (1, 1), 'missing require "include" for \'return\''),
+    ('require "variables";\nglobal "x";', (2, 1), 'missing require "include" for \'global\''),
+    ('require "include";\nglobal "x";', (2, 1), 'missing require "variables" for \'global\''),
+    ('require "include";\ninclude;', (2, 1), "'include' needs a string (script name)"),
+    ('require "include";\ninclude ["a", "b"];', (2, 9), "'include' (script name) expects a string, not a string list"),
+    ('require "include";\ninclude :global :personal "a";', (2, 17), "tags ':global' and ':personal' cannot be used together"),
+    ('require "include";\ninclude :once :once "a";', (2, 15), "tag ':once' given twice"),
+    ('require "include";\ninclude :sometimes "a";', (2, 9), "unknown tag ':sometimes' for 'include'"),
+    ('require "include";\ninclude "../etc/passwd";', (2, 9),
+     "bad script name \"../etc/passwd\": a script name cannot start with '.' or hold '/' or '\\'"),
+    ('require "include";\ninclude "";', (2, 9), 'bad script name "": a script name cannot be empty'),
+    ('require "include";\ninclude "' + "n" * 129 + '";', (2, 9),
+     'bad script name "' + "n" * 129 + '": a script name has at most 128 characters'),
+    ('require ["include", "variables"];\ninclude "${name}";', (2, 9), "the script name of 'include' cannot hold variables"),
+    ('require "include";\nreturn "x";', (2, 8), "unexpected argument to 'return'"),
+    ('require ["include", "variables"];\nglobal "1";', (2, 8), 'invalid variable name "1"'),
+    ('require ["include", "variables"];\nglobal ["ok", "not.ok"];', (2, 8), 'invalid variable name "not.ok"'),
+    ('require ["include", "variables"];\nglobal;', (2, 1), "'global' needs a string list (variable names)"),
+])
+def test_include_errors(script: str, where: tuple[int, int], message: str) -> None:
+    assert error_of(script) == (*where, message)
+
+
+def test_include_name_is_literal_without_variables() -> None:
+    """Without "variables", "${x}" is just characters of a (valid) script name."""
+    assert compile_script('require "include";\ninclude "${x}";').commands[0].args == ("${x}",)

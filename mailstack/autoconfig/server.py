@@ -25,8 +25,9 @@ from typing import Callable
 from twisted.web import resource, server
 
 from ..config import Config, HttpListener
-from ..daemon import notify, reload_config
-from ..tls import OpenSSLServerContext, TlsCreator
+from ..daemon import notify, reload_daemon
+from ..tls import OpenSSLServerContext
+from ..twisted_tls import TlsCreator
 from .documents import (
     MAX_REQUEST_BODY,
     BadRequest,
@@ -289,9 +290,7 @@ def _worker(cfg: Config, socks: list[tuple[socket.socket, HttpListener]]) -> int
         live keys, e.g. log_level: what this daemon serves is restart-only),
         then the certificate for new connections."""
         nonlocal cfg
-        cfg = reload_config(cfg) or cfg
-        if tls is not None:
-            tls.reload(cfg.tls)
+        cfg = reload_daemon(cfg, lambda new: None, lambda c: tls.reload(c.tls) if tls is not None else None)
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
     site = build_site(cfg)

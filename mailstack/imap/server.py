@@ -8,7 +8,6 @@ blocking store and authentication work, and per-address connection limits.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import socket
@@ -25,14 +24,14 @@ from ..accounts.auth import Authenticator
 from ..accounts.directory import Directory
 from ..config import Config, Listener
 from .. import metrics
-from ..daemon import notify, reload_config
-from ..tls import OpenSSLServerContext, TlsCreator
+from ..daemon import notify, reload_daemon, session_id
+from ..tls import OpenSSLServerContext
+from ..twisted_tls import TlsCreator
 from .session import Session
 
 log = logging.getLogger("mailstack.imap")
 CHUNK = 1 << 16
 DRAIN_ABOVE = 1 << 20  # bytes waiting for a slow client before FETCH pauses
-_IDS = itertools.count(1)
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _USERS: dict[str, int] = {}  # logged-in sessions per login, across listeners
 
@@ -111,14 +110,14 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
         except OSError:
             pass
         self.setTimeout(self.factory.cfg.imap.idle_timeout)
-        sid = f"i{os.getpid()}-{next(_IDS)}"
+        sid = session_id("i")
         self.session = Session(self.factory.cfg, self.factory.auth, self, sid, self.factory.users)
         log.info("session=%s connect client=%s port=%d tls=%s", sid, self.peer, self.listener.port, self.listener.tls)
         self.session.start()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.resetTimeout()
-        metrics.BYTES.labels("imap", "in").inc(len(data))
+        self.factory.bytes_in.inc(len(data))
         if self._sock is not None and _QUICKACK is not None:
             # A client that writes a literal and its final CRLF separately
             # (imaplib, many others) waits for our ACK under Nagle: ACK at
@@ -151,7 +150,7 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
-            metrics.BYTES.labels("imap", "out").inc(len(data))
+            self.factory.bytes_out.inc(len(data))
             self.transport.write(data)
 
     def _buffered(self) -> int:
@@ -172,7 +171,7 @@ class ImapProtocol(protocol.Protocol, TimeoutMixin):
 
     def stream(self, f: BinaryIO, length: int) -> defer.Deferred:
         prod = _FileProducer(self.transport, f, length)
-        metrics.BYTES.labels("imap", "out").inc(length)
+        self.factory.bytes_out.inc(length)
         self.transport.registerProducer(prod, False)
         return prod.done
 
@@ -217,6 +216,9 @@ class ImapFactory(protocol.Factory):
         self.pool = pool
         self.per_address: dict[str, int] = {}
         self.users = _USERS
+        # Counted on every read and write: the label children made once (in the
+        # worker, after metrics.prepare: they write to the multiprocess files).
+        self.bytes_in, self.bytes_out = metrics.BYTES.labels("imap", "in"), metrics.BYTES.labels("imap", "out")
 
     def buildProtocol(self, addr) -> ImapProtocol:  # noqa: N802
         return ImapProtocol(self, self.listener)
@@ -238,17 +240,13 @@ def _worker(cfg: Config, socks: list[tuple[socket.socket, Listener]]) -> int:
         """SIGHUP: the live part of the configuration, then the certificate;
         open sessions keep what they started with."""
         nonlocal cfg
-        try:
-            new = reload_config(cfg)
-            if new is not None:
-                auth.reconfigure(new)
-                for f in factories:
-                    f.cfg = new
-                cfg = new
-        except Exception:  # noqa: BLE001 (the running configuration stays)
-            log.exception("reload failed; the running configuration stays")
-        finally:
-            tls_context.reload(cfg.tls)
+
+        def apply(new: Config) -> None:
+            auth.reconfigure(new)
+            for f in factories:
+                f.cfg = new
+
+        cfg = reload_daemon(cfg, apply, lambda c: tls_context.reload(c.tls))
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
     pool = ThreadPool(minthreads=2, maxthreads=16, name="mailstack-imap")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto
-import itertools
 import logging
 import os
 import signal
@@ -25,7 +24,7 @@ from .. import metrics
 from ..accounts.auth import Authenticator
 from ..accounts.directory import Directory
 from ..config import Config, ManageSieveListener
-from ..daemon import notify, reload_config
+from ..daemon import notify, reload_daemon, session_id
 from ..tls import reload_chain, server_context
 from .protocol import response
 from .session import Session
@@ -41,7 +40,6 @@ HANDSHAKE_TIMEOUT = 30  # seconds for a TLS handshake (implicit or after STARTTL
 READ_LIMIT = 256 * 1024  # bytes received and not yet parsed before reading pauses
 STOP_GRACE = 10.0  # seconds the sessions' commands may take to finish on SIGTERM
 POOL_THREADS = 4  # script store and directory work (small files, fsync)
-_IDS = itertools.count(1)
 
 
 class Server:
@@ -97,9 +95,6 @@ class Server:
         new sessions and logins use it, and the idle timeout applies at once."""
         self.cfg = cfg
         self.auth.reconfigure(cfg)
-
-    def reload_tls(self) -> None:
-        reload_chain(self.tls_context, self.cfg.tls)
 
     async def stop(self) -> None:
         """BYE to every session once its command is done (STOP_GRACE at most), then close."""
@@ -162,7 +157,7 @@ class Channel(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        sid = f"m{os.getpid()}-{next(_IDS)}"
+        sid = session_id("m")
         metrics.CONNECTIONS.labels("managesieve", str(self.listener.port)).inc()
         log.info("session=%s connect client=%s port=%d tls=%s", sid, self.peer, self.listener.port, self.listener.tls)
         self.session = Session(self.server, self, sid)
@@ -279,10 +274,7 @@ def _worker(cfg: Config, socks) -> int:
 
 
 def _reload(server: Server) -> None:
-    new = reload_config(server.cfg)
-    if new is not None:
-        server.reconfigure(new)
-    server.reload_tls()
+    reload_daemon(server.cfg, server.reconfigure, lambda cfg: reload_chain(server.tls_context, cfg.tls))
 
 
 async def _serve(cfg: Config, socks) -> int:

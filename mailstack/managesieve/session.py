@@ -19,7 +19,6 @@ from ..accounts.directory import DirectoryError
 from ..config import Config
 from ..mailboxes import scripts_for
 from ..sieve import SUPPORTED_EXTENSIONS, SieveError
-from ..sieve.limits import DEFAULT_LIMITS
 from ..sieve.scripts import ScriptError, ScriptStore
 from .protocol import (
     MAX_LINE, NEED_DATA, Atom, BadLine, Command, Event, LiteralTooLarge, Parser, Reply, String,
@@ -186,8 +185,7 @@ class Session:
         """The logged-in account's limit, else the configured one ([sieve])."""
         if self.store is not None:
             return self.store.limits.max_redirects
-        sieve = getattr(self.services.cfg, "sieve", None)
-        return getattr(sieve, "max_redirects", DEFAULT_LIMITS.max_redirects)
+        return self.services.cfg.sieve.max_redirects
 
     # -- dispatch ---------------------------------------------------------------------
 

@@ -4,17 +4,23 @@ one dispatch table for commands and one for tests.
 The result is the final list of actions (see ``actions``).  Anything that
 stops a run half-way raises ``SieveRuntimeError``; the caller then files the
 message in INBOX as if there were no script (RFC 5228 §2.10.6).
+
+``include`` (RFC 6609) runs another script inside the same walk: it gets its
+own variables (but for those both scripts declare ``global``), adds to the
+same actions and the same implicit keep; ``return`` goes back to the
+includer, ``stop`` ends the whole run.  Scripts come from a loader the
+caller gives: the interpreter never reads files.
 """
 
 from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timezone, tzinfo
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from . import address, dates, match, variables
 from .actions import Action, Discard, Ereject, FileInto, Keep, Redirect, Reject, Vacation
-from .errors import SieveRuntimeError
+from .errors import SieveError, SieveRuntimeError
 from .limits import DEFAULT_LIMITS, Limits
 from .message import MessageView
 from .validate import Node, Script
@@ -27,26 +33,74 @@ class _Stop(Exception):
     """The stop command: unwinds the walk."""
 
 
+class _Return(Exception):
+    """The return command: unwinds the current script only."""
+
+
+# loader(location, name): location is "personal" or "global"; None when there
+# is no such script; SieveError when it does not compile.
+Loader = Callable[[str, str], "Script | None"]
+
+
 def run(script: Script, message: MessageView, *, now: datetime | None = None,
-        limits: Limits = DEFAULT_LIMITS) -> list[Action]:
+        limits: Limits = DEFAULT_LIMITS, loader: Loader | None = None, name: str | None = None) -> list[Action]:
     """The actions the script takes on the message.
 
     ``now`` is the current time for currentdate (an aware datetime; its zone
-    is the "local" zone of date tests); it defaults to the machine's clock."""
-    return _Run(script, message, now, limits).execute()
+    is the "local" zone of date tests); it defaults to the machine's clock.
+    ``loader`` gives the scripts ``include`` names (without one, none
+    exists); ``name`` is the script's own personal name, so that a script
+    including itself is caught at once."""
+    return _Run(script, message, now, limits, loader, name).execute()
+
+
+class _Scope(Mapping[str, str]):
+    """The variables a script sees: its own, and the global ones it declared."""
+
+    def __init__(self, run: "_Run") -> None:
+        self.run = run
+
+    def _space(self, name: str) -> dict[str, str]:
+        r = self.run
+        return r.globals if name in r.global_names else r.variables
+
+    def __getitem__(self, name: str) -> str:
+        return self._space(name)[name]
+
+    def get(self, name: str, default: str = "") -> str:  # type: ignore[override]
+        return self._space(name).get(name, default)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.run.variables
+        yield from (n for n in self.run.global_names if n in self.run.globals)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 class _Run:
-    def __init__(self, script: Script, message: MessageView, now: datetime | None, limits: Limits) -> None:
+    def __init__(self, script: Script, message: MessageView, now: datetime | None, limits: Limits,
+                 loader: Loader | None = None, name: str | None = None) -> None:
         if now is None:
             now = datetime.now().astimezone()
         elif now.tzinfo is None:
             now = now.astimezone()
         self.script, self.msg, self.now, self.limits = script, message, now, limits
         self.local_zone: tzinfo = now.tzinfo or timezone.utc
+        # The running script's own state, saved and restored around an include.
         self.uses_variables = "variables" in script.requires
         self.variables: dict[str, str] = {}
+        self.global_names: set[str] = set()
         self.matches: tuple[str, ...] = ()
+        # The whole run's.
+        self.scope = _Scope(self)
+        self.globals: dict[str, str] = {}
+        self.variable_count = 0             # live variables in every namespace, against max_variables
+        self.loader = loader
+        self.stack: list[tuple[str, str]] = [("personal", name)] if name else []   # scripts running now
+        self.included: set[tuple[str, str]] = set(self.stack)                       # for :once
+        self.depth = 0
+        self.includes = 0
         self.flags: list[str] = []          # RFC 5232 internal variable
         self.actions: list[Action] = []
         self.implicit_keep = True
@@ -58,7 +112,7 @@ class _Run:
     def execute(self) -> list[Action]:
         try:
             self.block(self.script.commands)
-        except _Stop:
+        except (_Stop, _Return):
             pass
         except SieveRuntimeError as e:
             if not e.line and self.node is not None:
@@ -91,13 +145,36 @@ class _Run:
         self.node = node
         return TESTS[node.name](self, node)
 
+    def include(self, script: Script, key: tuple[str, str], at: Node) -> None:
+        """Run an included script in its own namespace; its errors name it
+        and are placed at the include command."""
+        saved = self.script, self.uses_variables, self.variables, self.global_names, self.matches
+        self.script, self.uses_variables = script, "variables" in script.requires
+        self.variables, self.global_names, self.matches = {}, set(), ()
+        self.stack.append(key)
+        self.depth += 1
+        try:
+            self.block(script.commands)
+        except _Return:
+            pass
+        except SieveRuntimeError as e:
+            if not e.line and self.node is not None:
+                e.line, e.col = self.node.line, self.node.col
+            raise SieveRuntimeError(f"in {key[0]} script \"{key[1]}\": {e}", at.line, at.col) from None
+        finally:
+            self.variable_count -= len(self.variables)
+            self.script, self.uses_variables, self.variables, self.global_names, self.matches = saved
+            self.stack.pop()
+            self.depth -= 1
+        self.node = at
+
     # -- strings ---------------------------------------------------------------------
 
     def s(self, text: str) -> str:
         """A string with ${...} expanded when the script requires variables."""
         if not self.uses_variables:
             return text
-        return variables.expand(text, self.variables, self.matches, self.limits.max_string_size)
+        return variables.expand(text, self.scope, self.matches, self.limits.max_string_size)
 
     def sl(self, texts: Sequence[str]) -> list[str]:
         return [self.s(t) for t in texts]
@@ -142,9 +219,15 @@ class _Run:
         self.add(Keep(flags))
 
     def set_variable(self, name: str, value: str) -> None:
-        if name not in self.variables and len(self.variables) >= self.limits.max_variables:
-            raise SieveRuntimeError(f"too many variables (at most {self.limits.max_variables})")
-        self.variables[name] = value[: self.limits.max_variable_size]
+        space = self.globals if name in self.global_names else self.variables
+        if name not in space:
+            if self.variable_count >= self.limits.max_variables:
+                raise SieveRuntimeError(f"too many variables (at most {self.limits.max_variables})")
+            self.variable_count += 1
+        space[name] = value[: self.limits.max_variable_size]
+
+    def get_variable(self, name: str) -> str:
+        return self.scope.get(name, "")
 
     def flags_now(self, node: Node | None = None) -> tuple[str, ...]:
         """The :flags of an action, else the internal variable (RFC 5232 §5)."""
@@ -248,7 +331,7 @@ def _flag_command(operation: Callable[[list[str], list[str]], list[str]]) -> Cal
         given = _flag_list(r.sl(node.args[-1]))
         if len(node.args) == 2:      # a user variable holds the flags
             name = r.s(node.args[0]).lower()
-            current = _flag_list([r.variables.get(name, "")])
+            current = _flag_list([r.get_variable(name)])
             r.set_variable(name, " ".join(operation(current, given)))
         else:
             r.flags = operation(r.flags, given)
@@ -262,6 +345,46 @@ def _add_flags(current: list[str], given: list[str]) -> list[str]:
 def _remove_flags(current: list[str], given: list[str]) -> list[str]:
     drop = {f.lower() for f in given}
     return [f for f in current if f.lower() not in drop]
+
+
+def _include(r: _Run, node: Node) -> None:
+    location, name = node.tags.get("location", ("personal", True))[0], node.args[0]
+    key = (location, name)
+    if node.tags.get("once") and key in r.included:
+        return
+    if key in r.stack:
+        raise SieveRuntimeError(f"include: {location} script \"{name}\" would include itself")
+    if r.depth >= r.limits.max_include_depth:
+        raise SieveRuntimeError(f"include: nested too deep (at most {r.limits.max_include_depth} levels)")
+    if r.includes >= r.limits.max_includes:
+        raise SieveRuntimeError(f"include: too many includes (at most {r.limits.max_includes} per message)")
+    r.includes += 1
+    try:
+        script = r.loader(location, name) if r.loader is not None else None
+    except SieveError as e:
+        raise SieveRuntimeError(f"include: {location} script \"{name}\" does not compile: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SieveRuntimeError(f"include: {location} script \"{name}\" cannot be read: {e}") from None
+    if script is None:
+        if node.tags.get("optional"):
+            return
+        raise SieveRuntimeError(f"include: no {location} script named \"{name}\"")
+    r.included.add(key)
+    r.include(script, key, node)
+
+
+def _return(r: _Run, node: Node) -> None:
+    raise _Return
+
+
+def _global(r: _Run, node: Node) -> None:
+    for name in node.args[0]:
+        name = name.lower()
+        if name in r.global_names:
+            continue
+        if name in r.variables:   # RFC 6609 §3.3
+            raise SieveRuntimeError(f"global: \"{name}\" was already set in this script")
+        r.global_names.add(name)
 
 
 COMMANDS: dict[str, Callable[[_Run, Node], None]] = {
@@ -278,6 +401,9 @@ COMMANDS: dict[str, Callable[[_Run, Node], None]] = {
     "setflag": _flag_command(lambda current, given: given),
     "addflag": _flag_command(_add_flags),
     "removeflag": _flag_command(_remove_flags),
+    "include": _include,
+    "return": _return,
+    "global": _global,
 }
 
 
@@ -360,7 +486,7 @@ def _string(r: _Run, node: Node) -> bool:
 
 def _hasflag(r: _Run, node: Node) -> bool:
     if len(node.args) == 2:
-        flags = _flag_list([r.variables.get(r.s(n).lower(), "") for n in node.args[0]])
+        flags = _flag_list([r.get_variable(r.s(n).lower()) for n in node.args[0]])
     else:
         flags = list(r.flags)
     return r.compare(node, flags, node.args[-1])

@@ -19,6 +19,8 @@ class Limits:
     max_variable_size: int = 4096      # characters kept in a variable (RFC 5229 §6 allows truncation)
     max_string_size: int = 64 * 1024   # characters of one string after ${...} expansion
     match_seconds: float = 2.0         # CPU budget of all :matches/:regex work in one run
+    max_include_depth: int = 5         # scripts included within included scripts (RFC 6609)
+    max_includes: int = 10             # include commands that load a script, per run
 
 
 DEFAULT_LIMITS = Limits()

@@ -16,12 +16,12 @@ from pathlib import Path
 from ..files import write_atomic
 from .errors import SieveError
 from .limits import DEFAULT_LIMITS, Limits
+from .names import MAX_NAME, name_problem
 from .validate import Script, compile_script
 
 SIEVE_DIR = "sieve"
 ACTIVE_LINK = ".dovecot.sieve"
 SUFFIX = ".sieve"
-MAX_NAME = 128
 
 
 class ScriptError(Exception):
@@ -32,26 +32,18 @@ class ScriptError(Exception):
         self.code = code
 
 
-def name_problem(name: str) -> str | None:
-    """RFC 5804 §1.6 names, narrowed to what is safe as a file name."""
-    if not name:
-        return "a script name cannot be empty"
-    if len(name) > MAX_NAME:
-        return f"a script name has at most {MAX_NAME} characters"
-    if name.startswith(".") or "/" in name or "\\" in name:
-        return "a script name cannot start with '.' or hold '/' or '\\'"
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in name):
-        return "a script name cannot hold control characters"
-    return None
-
-
 class ScriptStore:
-    def __init__(self, account_dir: Path, max_scripts: int = 20, limits: Limits = DEFAULT_LIMITS):
+    """``global_dir``: the site's scripts for ``include :global`` (RFC 6609),
+    NAME.sieve files the operator keeps; the store only ever reads them."""
+
+    def __init__(self, account_dir: Path, max_scripts: int = 20, limits: Limits = DEFAULT_LIMITS,
+                 global_dir: Path | None = None):
         self.account = account_dir
         self.dir = account_dir / SIEVE_DIR
         self.link = account_dir / ACTIVE_LINK
         self.max_scripts = max_scripts
         self.limits = limits
+        self.global_dir = global_dir
 
     # -- reading ---------------------------------------------------------------------
 
@@ -170,28 +162,48 @@ class ScriptStore:
         name = self.active()
         if name is None:
             return None
-        path = self._path(name)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return None
-        key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
-        with _CACHE_LOCK:
-            hit = _CACHE.get(key[0])
-            if hit is not None and hit[0] == key:
-                return hit[1]
-        script = compile_script(path.read_text(encoding="utf-8"), limits=self.limits)
-        with _CACHE_LOCK:
-            if len(_CACHE) >= _CACHE_SIZE:
-                _CACHE.clear()
-            _CACHE[key[0]] = (key, script)
-        return script
+        return _compiled(self._path(name), self.limits)
+
+    def load_included(self, location: str, name: str) -> Script | None:
+        """The loader ``run()`` takes for ``include``: a personal script of
+        this account, or a global one of the site; None when there is none.
+        SieveError when it does not compile, OSError when it cannot be read."""
+        problem = name_problem(name)
+        if problem:
+            raise SieveError(f"bad script name {name!r}: {problem}", 0, 0)
+        if location == "personal":
+            return _compiled(self.dir / (name + SUFFIX), self.limits)
+        if location == "global" and self.global_dir is not None:
+            return _compiled(self.global_dir / (name + SUFFIX), self.limits)
+        return None
 
 
-# Compiled active scripts, by path, while the file is unchanged: a busy MX
-# runs the same few thousand scripts all day.
+def _compiled(path: Path, limits: Limits) -> Script | None:
+    """The script at ``path`` compiled (None if there is no such file), from
+    the cache while the file is unchanged."""
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key[0])
+        if hit is not None and hit[0] == key:
+            return hit[1]
+    if st.st_size > limits.max_script_size:   # not read whole: a hand-made file may be huge
+        raise SieveError(f"script too large: {st.st_size} bytes, at most {limits.max_script_size}", 1, 1)
+    script = compile_script(path.read_text(encoding="utf-8"), limits=limits)
+    with _CACHE_LOCK:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        _CACHE[key[0]] = (key, script)
+    return script
+
+
+# Compiled scripts (active and included), by path, while the file is
+# unchanged: a busy MX runs the same few thousand scripts all day.
 _CACHE: dict[str, tuple[tuple, Script]] = {}
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 10000
 
-__all__ = ["ACTIVE_LINK", "SIEVE_DIR", "ScriptError", "ScriptStore", "SieveError", "name_problem"]
+__all__ = ["ACTIVE_LINK", "MAX_NAME", "SIEVE_DIR", "ScriptError", "ScriptStore", "SieveError", "name_problem"]

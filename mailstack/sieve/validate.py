@@ -21,12 +21,13 @@ from . import dates, match, variables
 from .address import parse_single
 from .errors import SieveError
 from .limits import DEFAULT_LIMITS, Limits
+from .names import name_problem
 from .parser import Argument, Command, Number, StringList, Tag, Test, parse
 
 SUPPORTED_EXTENSIONS = frozenset({
     "fileinto", "reject", "ereject", "envelope", "imap4flags", "copy", "body", "variables",
     "relational", "regex", "date", "index", "vacation", "vacation-seconds", "mailbox",
-    "subaddress", "comparator-i;octet", "comparator-i;ascii-casemap", "comparator-i;ascii-numeric",
+    "subaddress", "include", "comparator-i;octet", "comparator-i;ascii-casemap", "comparator-i;ascii-numeric",
 })
 _IMPLIES = {"vacation-seconds": "vacation"}
 
@@ -391,6 +392,20 @@ def _check_vacation(v: _Validator, call: _Call) -> None:
         raise v.error(f"invalid address \"{sender}\" in ':from'", call.tag_at["from"])
 
 
+def _check_include(v: _Validator, call: _Call) -> None:
+    name = call.args[0]
+    if not v.constant(name):   # RFC 6609 §3.2: never expanded, so that it can be checked here
+        raise v.error("the script name of 'include' cannot hold variables", call.arg_at[0])
+    problem = name_problem(name)
+    if problem:
+        raise v.error(f"bad script name \"{name}\": {problem}", call.arg_at[0])
+
+
+def _check_global(v: _Validator, call: _Call) -> None:
+    v.need("variables", "'global'", call.ast)
+    _check_variable_names(v, call.args[0], call.arg_at[0])
+
+
 # -- the table ----------------------------------------------------------------------
 
 _COMPARATOR = {"comparator": TagSpec("comparator", STRING)}
@@ -414,6 +429,12 @@ SPECS: dict[str, Spec] = {
     "elsif": Spec(False, tests="one", block=True),
     "else": Spec(False, block=True),
     "stop": Spec(False),
+    # include (RFC 6609)
+    "include": Spec(False, "include", (((STRING, "script name"),),), {
+        "personal": TagSpec("location"), "global": TagSpec("location"), "once": TagSpec(), "optional": TagSpec(),
+    }, check=_check_include),
+    "return": Spec(False, "include"),
+    "global": Spec(False, "include", (((STRINGS, "variable names"),),), check=_check_global),
     # actions (RFC 5228 §4 and extensions)
     "keep": Spec(False, tags=_FLAGS),
     "discard": Spec(False),

@@ -22,7 +22,7 @@ from .. import metrics
 from ..accounts.directory import AccountInfo
 from ..config import Config
 from ..mailboxes import limits, mailbox_for
-from ..store import FolderNameError, NoSuchFolder
+from ..store import FolderNameError
 from ..store.folder import Folder, KeywordLimit, OverQuota
 from ..store.mailbox import FolderExists
 from . import sieving
@@ -83,7 +83,7 @@ class LocalDelivery:
                 return key, idle.pop()
         try:
             return key, mailbox_for(self.cfg, info).folder(folder, sync=False)  # drop() needs no index
-        except NoSuchFolder:  # Junk deleted by its owner: the inbox rather than no delivery
+        except FolderNameError:  # missing (Junk deleted by its owner, a Sieve fileinto) or invalid: INBOX
             if folder == "INBOX":
                 raise
             return self._checkout(info)
@@ -137,10 +137,7 @@ class LocalDelivery:
         done: list[str] = []
         for name, flags, create in decision.stores:
             try:
-                try:
-                    key, folder = self._checkout(info, self._target(info, name, create))
-                except FolderNameError:
-                    key, folder = self._checkout(info)
+                key, folder = self._checkout(info, self._target(info, name, create))
                 try:
                     try:
                         done.append(drop(folder, flags))
@@ -199,10 +196,11 @@ class LocalDelivery:
         failed: list[AccountInfo] = []
         refused: list[tuple[AccountInfo, str]] = []
         alone = len(tx.accounts) == 1 and not tx.remote
+        size = tx.spool.length()
         for info in tx.accounts.values():
             reached = tx.reached_by.get(info.login, [])
             try:
-                decision = sieving.decide(self.cfg, info, tx.spool.open, tx.spool.length(), tx.sender, tx.folder,
+                decision = sieving.decide(self.cfg, info, tx.spool.open, size, tx.sender, tx.folder,
                                           tx.id, reached[0] if reached else "")
                 if decision.reject is not None:
                     reply = sieving.reject_reply(decision.reject)

@@ -23,9 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import itertools
 import logging
-import os
 import re
 from base64 import b64decode
 from typing import TYPE_CHECKING
@@ -33,6 +31,7 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope
 
 from .. import metrics
+from ..daemon import session_id
 from ..accounts.auth import Outcome
 from .address import parse_path
 from .dotdata import DataDecoder
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
     from .policy import Policy
 
 log = logging.getLogger("mailstack.smtp")
-_IDS = itertools.count(1)
 
 CHUNK = 64 * 1024
 _BDAT = re.compile(r"^(\d{1,15})(?: +(LAST))?$", re.IGNORECASE)
@@ -99,7 +97,7 @@ class SmtpSession(SMTP):
         self.client_ip = ""
         self._proxied_peer = peer  # the client a PROXY header named (smtp/proxied.py), else None
         self._refused = False
-        self.id = f"s{os.getpid()}-{next(_IDS)}"  # in every log line of this session
+        self.id = session_id("s")  # in every log line of this session
 
     def __dir__(self) -> list[str]:
         """aiosmtpd finds its commands and AUTH mechanisms with dir() and

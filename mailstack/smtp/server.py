@@ -21,7 +21,7 @@ from ..accounts.auth import Authenticator
 from ..accounts.directory import AccountInfo, Directory
 from ..config import Config, SmtpListener
 from .. import metrics
-from ..daemon import notify, reload_config
+from ..daemon import notify, reload_daemon
 from ..filters import FilterError
 from ..filters.pipeline import Pipeline
 from ..filters.pipeline import load as load_filters
@@ -196,9 +196,6 @@ class Server:
             log.info("reload: filters %s", ", ".join(f.name for f in cfg.filters) or "none")
         self._lookups.clear()
 
-    def reload_tls(self) -> None:
-        reload_chain(self.tls_context, self.cfg.tls)
-
     async def stop(self) -> None:
         deadline = asyncio.get_running_loop().time() + STOP_GRACE
         while self.transfers and asyncio.get_running_loop().time() < deadline:
@@ -232,14 +229,7 @@ def _worker(cfg: Config, socks) -> int:
 
 
 def _reload(server: Server) -> None:
-    try:
-        new = reload_config(server.cfg)
-        if new is not None:
-            server.reconfigure(new)
-    except Exception:  # noqa: BLE001 (a resolver, a filter's own setup...): the running configuration stays
-        log.exception("reload failed; the running configuration stays")
-    finally:
-        server.reload_tls()
+    reload_daemon(server.cfg, server.reconfigure, lambda cfg: reload_chain(server.tls_context, cfg.tls))
 
 
 async def _serve(cfg: Config, socks) -> int:

@@ -70,10 +70,10 @@ def _decide(cfg: Config, info: AccountInfo, opener: Callable[[], BinaryIO], size
         return keep_in(folder)
     if script is None:
         return keep_in(folder)
-    mailbox = mailbox_for(cfg, info)
-    view = Message.from_stream(opener, size=size, envelope_from=sender, envelope_to=rcpt, mailboxes=mailbox.exists)
+    view = Message.from_stream(opener, size=size, envelope_from=sender, envelope_to=rcpt,
+                               mailboxes=lambda name: mailbox_for(cfg, info).exists(name))  # only for mailboxexists
     try:
-        actions = run(script, view, limits=scripts.limits)
+        actions = run(script, view, limits=scripts.limits, loader=scripts.load_included, name=scripts.active())
     except (SieveRuntimeError, SieveError) as e:
         log.error("sieve id=%s login=%s failed: %s; kept in %s", queue_id, info.login, e, folder)
         return keep_in(folder)
@@ -167,8 +167,6 @@ def vacation(cfg: Config, queue: Queue, action: Vacation, view: Message, info: A
     local = sender.rpartition("@")[2].lower() in cfg.server.domains
     entry = Entry(spawned_id(queue_id, info.login, "vacation"), "", [Recipient(sender, local)],  # null sender: RFC 3834
                   body="8BITMIME", smtputf8=not sender.isascii())
-    if queue.load(entry.id) is not None:
-        return None
     queue.add_bytes(signature + message, entry)
     log.info("sieve id=%s login=%s vacation to=<%s> queued=%s", queue_id, info.login, sender[:200], entry.id)
     return entry.id
