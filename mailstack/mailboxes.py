@@ -21,14 +21,18 @@ def limits(cfg: Config, info: AccountInfo) -> tuple[int, int]:
     return b, m
 
 
+def account_dir(cfg: Config, info: AccountInfo) -> Path:
+    """MAIL_ROOT/DOMAIN/LOGIN: the account's Maildir and Sieve scripts are below it."""
+    return cfg.storage.mail_root / info.address.rsplit("@", 1)[1] / info.login
+
+
 def mailbox_for(cfg: Config, info: AccountInfo) -> Mailbox:
     """The account's Maildir, created with its special-use folders on first use."""
-    domain, login = info.address.rsplit("@", 1)[1], info.login
-    account_dir = cfg.storage.mail_root / domain / login
-    fresh = not account_dir.exists()
-    mb = Store(cfg.storage.mail_root, cfg.storage.shared).mailbox(domain, login, *limits(cfg, info))
+    home = account_dir(cfg, info)
+    fresh = not home.exists()
+    mb = Store(cfg.storage.mail_root, cfg.storage.shared).mailbox(home.parent.name, info.login, *limits(cfg, info))
     if fresh:
-        _give_to_mail_owner(cfg.storage.mail_root, account_dir)
+        _give_to_mail_owner(cfg.storage.mail_root, home)
     return mb
 
 
@@ -51,6 +55,5 @@ def scripts_for(cfg: Config, info: AccountInfo):
     from .sieve.limits import Limits
     from .sieve.scripts import ScriptStore
 
-    domain = info.address.rsplit("@", 1)[1]
     limits = Limits(max_script_size=cfg.sieve.max_script_size, max_redirects=cfg.sieve.max_redirects)
-    return ScriptStore(cfg.storage.mail_root / domain / info.login, cfg.sieve.max_scripts, limits, cfg.sieve.global_dir)
+    return ScriptStore(account_dir(cfg, info), cfg.sieve.max_scripts, limits, cfg.sieve.global_dir)

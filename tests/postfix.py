@@ -99,6 +99,21 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
+
+def _group_members(pgid: int) -> list[int]:
+    """Live processes (not zombies) of a process group."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(d.name))
+    return out
+
 class PostfixError(RuntimeError):
     """A Postfix command failed or the server did not start."""
 
@@ -297,11 +312,17 @@ relay_transport = error:this benchmark instance does not send mail out
             os.kill(master, signal.SIGTERM)  # the master terminates its process group, then exits
         try:
             proc.wait(timeout=timeout)
+            # The master is gone; its children (smtpd...) exit on their own a
+            # little later and hold the listening socket until then: a port
+            # that still answers would be ours.
+            deadline = time.monotonic() + timeout
+            while master is not None and _group_members(master) and time.monotonic() < deadline:
+                time.sleep(0.05)
         except subprocess.TimeoutExpired:
-            if master is not None:
-                os.killpg(master, signal.SIGKILL)  # master is a session leader: the group is this instance
             proc.kill()
             proc.wait(timeout=10)
+        if master is not None and _group_members(master):
+            os.killpg(master, signal.SIGKILL)  # master is a session leader: the group is this instance
         self._proc = None
 
     def close(self) -> None:
