@@ -124,6 +124,45 @@ def reload_daemon(running: Config, apply: Callable[[Config], None], reload_tls: 
 _SESSIONS = itertools.count(1)
 
 
+class Connections:
+    """The open connections of one asyncio daemon worker, counted per client
+    address (the limit is read at each call: a reload changes it)."""
+
+    def __init__(self, service: str):
+        from . import metrics
+
+        self.service = service
+        self.open: set = set()
+        self.per_address: dict[str, int] = {}
+        self._active = metrics.ACTIVE.labels(service)
+        self._refused = metrics.CONNECTIONS_REFUSED.labels(service, "per_address")
+
+    def __len__(self) -> int:
+        return len(self.open)
+
+    def admit(self, conn: object, address: str, limit: int) -> bool:
+        """Count ``conn`` in, or False (one log line) when its address has ``limit`` open already."""
+        if self.per_address.get(address, 0) >= limit:
+            log.warning("client=%s refused: too many connections from this address", address)
+            self._refused.inc()
+            return False
+        self.per_address[address] = self.per_address.get(address, 0) + 1
+        self.open.add(conn)
+        self._active.inc()
+        return True
+
+    def release(self, conn: object, address: str) -> None:
+        if conn not in self.open:
+            return
+        self.open.discard(conn)
+        self._active.dec()
+        n = self.per_address.get(address, 1) - 1
+        if n > 0:
+            self.per_address[address] = n
+        else:
+            self.per_address.pop(address, None)
+
+
 def session_id(prefix: str) -> str:
     """The ID every log line of a connection carries: prefix, process, counter."""
     return f"{prefix}{os.getpid()}-{next(_SESSIONS)}"

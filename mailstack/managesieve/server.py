@@ -24,7 +24,7 @@ from .. import metrics
 from ..accounts.auth import Authenticator
 from ..accounts.directory import Directory
 from ..config import Config, ManageSieveListener
-from ..daemon import notify, reload_daemon, session_id
+from ..daemon import Connections, notify, reload_daemon, session_id
 from ..tls import reload_chain, server_context
 from .protocol import response
 from .session import Session
@@ -51,8 +51,7 @@ class Server:
         self.auth = Authenticator(self.directory)
         self.tls_context = server_context(cfg.tls)
         self.executor = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="managesieve")
-        self.channels: set[Channel] = set()
-        self.per_address: dict[str, int] = {}
+        self.connections = Connections("managesieve")
         self.stopping = False
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -69,24 +68,12 @@ class Server:
         address = channel.peer
         if self.stopping:
             return response("BYE", "server shutting down", "TRYLATER")
-        if self.per_address.get(address, 0) >= self.cfg.managesieve.max_per_address:
-            log.warning("client=%s refused: too many connections from this address", address)
-            metrics.CONNECTIONS_REFUSED.labels("managesieve", "per_address").inc()
+        if not self.connections.admit(channel, address, self.cfg.managesieve.max_per_address):
             return response("BYE", "too many connections from your address", "TRYLATER")
-        self.per_address[address] = self.per_address.get(address, 0) + 1
-        self.channels.add(channel)
-        metrics.ACTIVE.labels("managesieve").inc()
         return None
 
     def close_connection(self, channel: Channel) -> None:
-        if channel in self.channels:
-            self.channels.discard(channel)
-            metrics.ACTIVE.labels("managesieve").dec()
-            n = self.per_address.get(channel.peer, 1) - 1
-            if n > 0:
-                self.per_address[channel.peer] = n
-            else:
-                self.per_address.pop(channel.peer, None)
+        self.connections.release(channel, channel.peer)
 
     # -- signals ---------------------------------------------------------------------
 
@@ -100,7 +87,7 @@ class Server:
         """BYE to every session once its command is done (STOP_GRACE at most), then close."""
         self.stopping = True
         tasks = []
-        for ch in list(self.channels):
+        for ch in list(self.connections.open):
             ch.shutting_down = True
             if ch.task is not None:
                 if ch.idle:
@@ -108,7 +95,7 @@ class Server:
                 tasks.append(ch.task)
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_GRACE)
-        for ch in list(self.channels):
+        for ch in list(self.connections.open):
             ch.close()
         self.executor.shutdown(wait=True)
         self.directory.engine.dispose()

@@ -128,7 +128,7 @@ class SmtpSession(SMTP):
     def connection_lost(self, error) -> None:
         if self._refused:
             return
-        if self in self.policy.server.sessions:
+        if self in self.policy.server.connections.open:
             log.info("session=%s disconnect user=%s", self.id, getattr(self.session, "auth_data", None) or "-")
         self.policy.server.close_connection(self, self.client_ip)
         self._drop_bdat()

@@ -21,7 +21,7 @@ from ..accounts.auth import Authenticator
 from ..accounts.directory import AccountInfo, Directory
 from ..config import Config, SmtpListener
 from .. import metrics
-from ..daemon import notify, reload_daemon
+from ..daemon import Connections, notify, reload_daemon
 from ..filters import FilterError
 from ..filters.pipeline import Pipeline
 from ..filters.pipeline import load as load_filters
@@ -63,8 +63,7 @@ class Server:
         self.delivery = LocalDelivery(cfg, self.queue)
         self.tls_context = server_context(cfg.tls)
         self.executor = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="smtp")
-        self.sessions: set[SmtpSession] = set()
-        self.per_address: dict[str, int] = {}
+        self.connections = Connections("smtp")
         self.transfers = 0
         self._slots = asyncio.Semaphore(cfg.smtp.max_transfers)
         self._transfers_by: dict[str, int] = {}
@@ -104,27 +103,15 @@ class Server:
 
     def open_connection(self, session: SmtpSession, address: str) -> str | None:
         """None to accept a connection, else the 421 reply that refuses it."""
-        if len(self.sessions) >= self.cfg.smtp.max_connections:
+        if len(self.connections) >= self.cfg.smtp.max_connections:
             metrics.CONNECTIONS_REFUSED.labels("smtp", "max_connections").inc()
             return "421 4.3.2 Too many connections; try again later"
-        if self.per_address.get(address, 0) >= self.cfg.smtp.max_per_address:
-            log.warning("client=%s refused: too many connections from this address", address)
-            metrics.CONNECTIONS_REFUSED.labels("smtp", "per_address").inc()
+        if not self.connections.admit(session, address, self.cfg.smtp.max_per_address):
             return "421 4.7.0 Too many connections from your address; try again later"
-        self.per_address[address] = self.per_address.get(address, 0) + 1
-        self.sessions.add(session)
-        metrics.ACTIVE.labels("smtp").inc()
         return None
 
     def close_connection(self, session: SmtpSession, address: str) -> None:
-        if session in self.sessions:
-            self.sessions.discard(session)
-            metrics.ACTIVE.labels("smtp").dec()
-            n = self.per_address.get(address, 1) - 1
-            if n > 0:
-                self.per_address[address] = n
-            else:
-                self.per_address.pop(address, None)
+        self.connections.release(session, address)
 
     async def acquire_transfer(self, address: str) -> bool:
         """A slot for one DATA/BDAT transfer; one client address holds at most
@@ -200,7 +187,7 @@ class Server:
         deadline = asyncio.get_running_loop().time() + STOP_GRACE
         while self.transfers and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.1)
-        for s in list(self.sessions):
+        for s in list(self.connections.open):
             if s.transport is not None:
                 s.transport.close()
         self.executor.shutdown(wait=True)
