@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.smtp import MB, Mailstack, big, make_big, throughput  # noqa: E402
+from bench.smtp import MB, Mailstack, big, make_big, started_rate  # noqa: E402
 from tests.clamd import Clamd, clamd_binary  # noqa: E402
 from tests.spamd import Spamd  # noqa: E402
 
@@ -58,12 +58,7 @@ def main() -> None:
         rates = {}
         for label, filters in (("no filter", ""), ("ClamAV", clav), ("SpamAssassin", sa), ("ClamAV + SpamAssassin", clav + sa)):
             configure(ms, filters)
-            ms.start()
-            try:
-                throughput(ms, 100, args.sessions, 5000)  # warm up
-                rates[label] = throughput(ms, args.messages, args.sessions, 5000)
-            finally:
-                ms.stop()
+            rates[label] = started_rate(ms, args.messages, args.sessions)
             base = rates["no filter"]
             print(f"{label:22} {rates[label]:7.0f} msg/s  ({rates[label] / base:.2f} of no filter)", flush=True)
         big_file = work / "big.eml"

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port  # noqa: E402
-from bench.smtp import DOMAIN, USER, Mailstack, throughput  # noqa: E402
+from bench.smtp import DOMAIN, USER, Mailstack, started_rate  # noqa: E402
 from mailstack import config as config_mod  # noqa: E402
 from mailstack.accounts.directory import Directory  # noqa: E402
 from mailstack.mailboxes import scripts_for  # noqa: E402
@@ -86,12 +86,7 @@ def main() -> None:
     for label, text, script in cases:
         (ms.home / "mailstack.toml").write_text(text)
         set_script(ms, script)
-        ms.start()
-        try:
-            throughput(ms, 100, args.sessions, 5000)  # warm up
-            rates[label] = throughput(ms, args.messages, args.sessions, 5000)
-        finally:
-            ms.stop()
+        rates[label] = started_rate(ms, args.messages, args.sessions)
         first = next(iter(rates.values()))
         print(f"{label:38} {rates[label]:7.0f} msg/s  ({rates[label] / first:.2f} of the first)", flush=True)
 

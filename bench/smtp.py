@@ -113,6 +113,16 @@ def throughput(server, messages: int, sessions: int, size: int, reuse: bool = Fa
     return messages / (time.monotonic() - t0)
 
 
+def started_rate(server, messages: int, sessions: int) -> float:
+    """Start the server, warm it up (100 messages), measure ``throughput`` of 5 KB messages, stop it."""
+    server.start()
+    try:
+        throughput(server, 100, sessions, 5000)
+        return throughput(server, messages, sessions, 5000)
+    finally:
+        server.stop()
+
+
 class PeakMemory:
     """Samples the RSS of a process tree every 20 ms; ``growth`` in kB over the start."""
 

@@ -25,6 +25,8 @@ from ..accounts.auth import Authenticator
 from ..accounts.directory import Directory
 from ..config import Config, ManageSieveListener
 from ..daemon import Connections, notify, reload_daemon, session_id
+from ..proxyproto import Trusted
+from ..smtp.proxied import listen
 from ..tls import reload_chain, server_context
 from .protocol import response
 from .session import Session
@@ -269,16 +271,9 @@ async def _serve(cfg: Config, socks) -> int:
     server = Server(cfg)
     listening = []
     for sock, listener in socks:
-        factory = server.factory(listener)
         ctx = server.tls_context if listener.tls == "implicit" else None
-        if listener.proxy:  # accepts itself: the PROXY header comes before TLS and the greeting
-            from ..proxyproto import Trusted
-            from ..smtp.proxied import ProxyListener
-
-            listening.append(ProxyListener(sock, factory, Trusted(cfg.server.proxy_trusted), ctx, "managesieve"))
-        else:
-            tls: dict[str, Any] = {"ssl": ctx, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT} if ctx else {}
-            listening.append(await loop.create_server(lambda f=factory: f(None), sock=sock, **tls))
+        trusted = Trusted(cfg.server.proxy_trusted) if listener.proxy else None
+        listening.append(await listen(sock, server.factory(listener), ctx, trusted, "managesieve"))
         log.info("listening address=%s port=%d tls=%s proxy=%s", listener.address, listener.port, listener.tls,
                  str(listener.proxy).lower())
     stop = asyncio.Event()

@@ -146,3 +146,14 @@ class ProxyListener:
         except BaseException:  # the session could not be made, or we are stopping
             conn.close()
             raise
+
+
+async def listen(sock: socket.socket, factory: Callable[..., asyncio.Protocol], ssl_context: ssl.SSLContext | None,
+                 trusted: Trusted | None, service: str):
+    """One listening socket of an asyncio daemon (smtpd, managesieved):
+    with ``trusted``, a PROXY listener that accepts itself (the header comes
+    before TLS and the greeting); else asyncio's own server.  ``close()`` stops either."""
+    if trusted is not None:
+        return ProxyListener(sock, factory, trusted, ssl_context, service)
+    tls: dict[str, Any] = {"ssl": ssl_context, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT} if ssl_context else {}
+    return await asyncio.get_running_loop().create_server(factory, sock=sock, **tls)

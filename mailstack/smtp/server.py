@@ -24,6 +24,7 @@ from .. import metrics
 from ..daemon import Connections, notify, reload_daemon
 from ..filters import FilterError
 from ..filters.pipeline import Pipeline
+from ..proxyproto import Trusted
 from ..filters.pipeline import load as load_filters
 from ..tls import reload_chain, server_context
 from .delivery import LocalDelivery
@@ -33,6 +34,7 @@ from .quarantine import Quarantine
 from .queue import Queue
 from .runner import QueueRunner
 from .spool import clear_incoming
+from .proxied import listen
 from .srs import Rewriter
 
 log = logging.getLogger("mailstack.smtp")
@@ -226,17 +228,9 @@ async def _serve(cfg: Config, socks) -> int:
     runner = asyncio.create_task(server.runner.run())
     listening = []
     for sock, listener in socks:
-        tls: dict[str, Any] = {}
-        if listener.tls == "implicit":
-            tls = {"ssl": server.tls_context, "ssl_handshake_timeout": 30}
-        if listener.proxy:  # accepts itself: the PROXY header comes before TLS and the greeting
-            from ..proxyproto import Trusted
-            from .proxied import ProxyListener
-
-            trusted = Trusted(cfg.server.proxy_trusted)
-            listening.append(ProxyListener(sock, server.factory(listener), trusted, tls.get("ssl")))
-        else:
-            listening.append(await loop.create_server(server.factory(listener), sock=sock, **tls))
+        ctx = server.tls_context if listener.tls == "implicit" else None
+        trusted = Trusted(cfg.server.proxy_trusted) if listener.proxy else None
+        listening.append(await listen(sock, server.factory(listener), ctx, trusted, "smtp"))
         log.info("listening kind=%s address=%s port=%d tls=%s", listener.kind, listener.address, listener.port, listener.tls)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
